@@ -1,0 +1,79 @@
+//! Library errors as HTTP answers: a 4xx (or 503 while the database is
+//! away) with `{"error": {"code", "message"}}`; never a stack trace.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::error::Error;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    /// An answer with `status`, `code` and a human `message`.
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::Validation { code, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, *code, err.to_string())
+            }
+            Error::NotFound { what, .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{what}_not_found"),
+                err.to_string(),
+            ),
+            Error::Expired { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "job_expired", err.to_string())
+            }
+            Error::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, *code, message.clone())
+            }
+            Error::Unavailable(e) => {
+                tracing::warn!(err = %e, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is not reachable right now; nothing was stored, retry shortly",
+                )
+            }
+            Error::Database(e) => {
+                tracing::error!(err = %e, "database error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an internal error occurred; nothing was stored",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}

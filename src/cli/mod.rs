@@ -1,0 +1,159 @@
+//! The `postback` command line (SPEC §1): one file per subcommand. It owns
+//! flags, exit codes (0 ok, 1 runtime failure, 2 bad usage or
+//! configuration) and process setup (logging, signals); the work itself is
+//! the library's.
+
+mod admin;
+mod listen;
+mod migrate;
+mod serve;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+/// Reliable outbound callback dispatcher.
+#[derive(Debug, Parser)]
+#[command(name = "postback", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP API + delivery workers + metrics, in one process (runs migrations at start).
+    Serve(Box<Config>),
+    /// Delivery workers only (no API), for scaling out.
+    Worker(Box<Config>),
+    /// Apply migrations and exit.
+    Migrate(admin::DbArgs),
+    /// List or show deliveries.
+    #[command(subcommand)]
+    Deliveries(admin::DeliveriesCommand),
+    /// Put deliveries back in the queue for a fresh cycle of the schedule.
+    Replay(admin::ReplayArgs),
+    /// Delete jobs, deliveries and payloads past their expiry.
+    Purge(admin::PurgeArgs),
+    /// A local receiver for development: prints each callback and checks its signature.
+    Listen(listen::ListenArgs),
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// Bad usage or configuration: exit 2.
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 2,
+            error: error.into(),
+        }
+    }
+
+    /// Runtime failure: exit 1.
+    pub fn runtime(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure::runtime(error)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(config) => serve::run(*config).await,
+        Command::Worker(config) => worker::run(*config).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Deliveries(cmd) => admin::deliveries(cmd).await,
+        Command::Replay(args) => admin::replay(args).await,
+        Command::Purge(args) => admin::purge(args).await,
+        Command::Listen(args) => listen::run(args).await,
+    }
+}
+
+/// Start failures: a setting to fix or something to install is exit 2.
+pub fn start_failure(err: crate::runtime::StartError) -> Failure {
+    if err.is_usage() {
+        Failure::usage(err)
+    } else {
+        Failure::runtime(err)
+    }
+}
+
+/// Sets up tracing once per process (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(%err, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
+}

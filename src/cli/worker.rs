@@ -1,0 +1,29 @@
+//! `postback worker`: delivery workers only, for scaling out.
+
+use anyhow::Context;
+
+use super::Failure;
+use crate::config::Config;
+use crate::runtime::{Process, Role};
+
+/// Runs workers until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), Failure> {
+    config.validate().map_err(Failure::usage)?;
+    if config.database_url.is_none() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "DATABASE_URL is not set: `postback worker` joins the database of a `postback serve`; set DATABASE_URL to it"
+        )));
+    }
+    if config.concurrency == 0 {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "POSTBACK_CONCURRENCY=0 leaves a worker with nothing to do; set it to 1 or more"
+        )));
+    }
+    super::init_logging(config.log_format);
+    let shutdown = super::shutdown_on_signals();
+    let process = Process::start(config, Role::Worker)
+        .await
+        .map_err(super::start_failure)?;
+    process.run(shutdown).await.context("worker failed")?;
+    Ok(())
+}

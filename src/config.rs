@@ -1,0 +1,404 @@
+//! Configuration: every setting of SPEC §1 in one type that `serve` and
+//! `worker` read from flags and the environment (through clap, behind the
+//! `cli` feature) and that an embedder constructs in code. It owns parsing
+//! and validating values; it must not open connections or start anything.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::schedule::RetryPolicy;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Every setting of `serve` and `worker` (SPEC §1).
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct Config {
+    /// PostgreSQL URL; unset: `serve` runs a private cluster under POSTBACK_DATA_DIR.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "DATABASE_URL", hide_env_values = true)
+    )]
+    pub database_url: Option<String>,
+
+    /// Where the embedded PostgreSQL cluster keeps its data.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_DATA_DIR", default_value = "./.postback/pg")
+    )]
+    pub data_dir: PathBuf,
+
+    /// API address.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_LISTEN", default_value = "127.0.0.1:8080")
+    )]
+    pub listen: SocketAddr,
+
+    /// Bearer token for /v1/*.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_API_TOKEN", hide_env_values = true)
+    )]
+    pub api_token: Option<String>,
+
+    /// Run the API without a token (development only).
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_INSECURE_NO_AUTH", value_parser = parse_flag, default_value = "0"))]
+    pub insecure_no_auth: bool,
+
+    /// Standard Webhooks secret (`whsec_` + base64); unset: generated once and kept in the database.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_SIGNING_SECRET", hide_env_values = true)
+    )]
+    pub signing_secret: Option<String>,
+
+    /// Immediate retries after a failed first attempt.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_RETRY_IMMEDIATE", default_value = "2")
+    )]
+    pub retry_immediate: u32,
+
+    /// Wait before the first scheduled retry.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_FIRST_DELAY", default_value = "15m", value_parser = parse_duration))]
+    pub retry_first_delay: Duration,
+
+    /// Cap of the doubling wait.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_MAX_DELAY", default_value = "16h", value_parser = parse_duration))]
+    pub retry_max_delay: Duration,
+
+    /// Give-up horizon, measured from the first attempt.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_GIVE_UP", default_value = "36h", value_parser = parse_duration))]
+    pub retry_give_up: Duration,
+
+    /// One attempt, connect to last response byte.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_ATTEMPT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration))]
+    pub attempt_timeout: Duration,
+
+    /// Attempts in flight per process; 0 runs the API alone.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_CONCURRENCY", default_value = "256")
+    )]
+    pub concurrency: usize,
+
+    /// Attempts in flight per destination host per process.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..)))]
+    pub per_host_concurrency: u32,
+
+    /// Job and delivery lifetime from creation.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = "7d", value_parser = parse_positive_duration))]
+    pub job_ttl: Duration,
+
+    /// Largest request body the API accepts.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MAX_BODY", default_value = "16MiB", value_parser = parse_bytes))]
+    pub max_body: u64,
+
+    /// Local IP every outbound connection binds to.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_SOURCE_ADDR"))]
+    pub egress_source_addr: Option<IpAddr>,
+
+    /// HTTP(S) proxy every delivery goes through.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PROXY", value_parser = parse_proxy))]
+    pub egress_proxy: Option<url::Url>,
+
+    /// Comma list of public addresses published at GET /v1/egress (default: the source address).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_EGRESS_PUBLIC_IPS", value_delimiter = ',')
+    )]
+    pub egress_public_ips: Vec<IpAddr>,
+
+    /// Comma list of CIDRs exempt from the private-address deny list.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_ALLOW", value_delimiter = ',', value_parser = parse_cidr))]
+    pub egress_allow: Vec<IpNet>,
+
+    /// Extra CIDRs to deny.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_DENY", value_delimiter = ',', value_parser = parse_cidr))]
+    pub egress_deny: Vec<IpNet>,
+
+    /// `pretty` or `json`.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            env = "POSTBACK_LOG_FORMAT",
+            value_enum,
+            default_value = "pretty"
+        )
+    )]
+    pub log_format: LogFormat,
+
+    /// Extra address serving only /metrics.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_METRICS_LISTEN"))]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// PostgreSQL schema that holds Postback's tables.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = "postback", value_parser = parse_schema))]
+    pub db_schema: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let retry = RetryPolicy::default();
+        Config {
+            database_url: None,
+            data_dir: PathBuf::from("./.postback/pg"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_token: None,
+            insecure_no_auth: false,
+            signing_secret: None,
+            retry_immediate: retry.immediate,
+            retry_first_delay: retry.first_delay,
+            retry_max_delay: retry.max_delay,
+            retry_give_up: retry.give_up,
+            attempt_timeout: Duration::from_secs(30),
+            concurrency: 256,
+            per_host_concurrency: 16,
+            job_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_body: 16 * 1024 * 1024,
+            egress_source_addr: None,
+            egress_proxy: None,
+            egress_public_ips: Vec::new(),
+            egress_allow: Vec::new(),
+            egress_deny: Vec::new(),
+            log_format: LogFormat::Pretty,
+            metrics_listen: None,
+            db_schema: "postback".to_owned(),
+        }
+    }
+}
+
+/// A setting that cannot be used, named the way the operator set it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// Environment variable (and flag) at fault.
+    pub setting: &'static str,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+impl Config {
+    /// The retry schedule these settings describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            immediate: self.retry_immediate,
+            first_delay: self.retry_first_delay,
+            max_delay: self.retry_max_delay,
+            give_up: self.retry_give_up,
+        }
+    }
+
+    /// Addresses published as `publicAddresses` at `GET /v1/egress`.
+    pub fn public_addresses(&self) -> Vec<IpAddr> {
+        if self.egress_public_ips.is_empty() {
+            self.egress_source_addr.into_iter().collect()
+        } else {
+            self.egress_public_ips.clone()
+        }
+    }
+
+    /// Checks the relations between settings that no single parser sees.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retry_max_delay < self.retry_first_delay {
+            return Err(ConfigError {
+                setting: "POSTBACK_RETRY_MAX_DELAY",
+                reason: format!(
+                    "the cap ({}) is shorter than POSTBACK_RETRY_FIRST_DELAY ({}); raise it or lower the first delay",
+                    humantime::format_duration(self.retry_max_delay),
+                    humantime::format_duration(self.retry_first_delay)
+                ),
+            });
+        }
+        if self.per_host_concurrency == 0 {
+            return Err(ConfigError {
+                setting: "POSTBACK_PER_HOST_CONCURRENCY",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err(ConfigError {
+                setting: "POSTBACK_ATTEMPT_TIMEOUT",
+                reason: "must be longer than 0s".to_owned(),
+            });
+        }
+        if self.max_body == 0 {
+            return Err(ConfigError {
+                setting: "POSTBACK_MAX_BODY",
+                reason: "must be larger than 0 bytes".to_owned(),
+            });
+        }
+        if let Some(token) = &self.api_token {
+            if token.trim().is_empty() {
+                return Err(ConfigError {
+                    setting: "POSTBACK_API_TOKEN",
+                    reason: "is set but empty; set a long random token".to_owned(),
+                });
+            }
+        }
+        if let Some(secret) = &self.signing_secret {
+            crate::signing::SigningSecret::parse(secret).map_err(|e| ConfigError {
+                setting: "POSTBACK_SIGNING_SECRET",
+                reason: format!("{e}; expected whsec_ followed by base64"),
+            })?;
+        }
+        parse_schema(&self.db_schema).map_err(|reason| ConfigError {
+            setting: "POSTBACK_DB_SCHEMA",
+            reason,
+        })?;
+        Ok(())
+    }
+
+    /// The API refuses to start unauthenticated unless told so explicitly.
+    pub fn validate_api(&self) -> Result<(), ConfigError> {
+        if self.api_token.is_none() && !self.insecure_no_auth {
+            return Err(ConfigError {
+                setting: "POSTBACK_API_TOKEN",
+                reason: "is not set: set POSTBACK_API_TOKEN to a long random token, \
+                         or POSTBACK_INSECURE_NO_AUTH=1 to run the API without authentication"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Humantime duration (`150ms`, `15m`, `36h`, `7d`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}; use a duration such as 150ms, 15m, 36h or 7d"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than 0s".to_owned());
+    }
+    Ok(d)
+}
+
+/// Byte size such as `16MiB`, `512KiB` or `1048576`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}; use a size such as 16MiB"))?;
+    if size.as_u64() == 0 {
+        return Err("must be larger than 0 bytes".to_owned());
+    }
+    Ok(size.as_u64())
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (taken as /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+}
+
+fn parse_proxy(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("{e}; use http://host:port"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".to_owned());
+    }
+    Ok(url)
+}
+
+/// `1`, `true`, `yes`, `on` (any case) are true; `0`, `false`, `no`, `off`, empty are false.
+pub fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean; use 1 or 0")),
+    }
+}
+
+fn parse_schema(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a plain lowercase PostgreSQL identifier (letters, digits, _)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_bytes_and_cidrs_parse_the_spec_spellings() {
+        assert_eq!(
+            parse_duration("150ms").ok(),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(
+            parse_duration("36h").ok(),
+            Some(Duration::from_secs(36 * 3600))
+        );
+        assert_eq!(
+            parse_duration("7d").ok(),
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_bytes("16MiB").ok(), Some(16 * 1024 * 1024));
+        assert_eq!(parse_bytes("1024").ok(), Some(1024));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert_eq!(parse_cidr("10.1.2.3/8").ok(), "10.0.0.0/8".parse().ok());
+        assert_eq!(parse_cidr("127.0.0.1").ok(), "127.0.0.1/32".parse().ok());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_proxy("socks5://x:1").is_err());
+        assert!(parse_proxy("http://proxy:3128").is_ok());
+    }
+
+    #[test]
+    fn cross_setting_validation_names_the_setting() {
+        let cfg = Config {
+            retry_first_delay: Duration::from_secs(60),
+            retry_max_delay: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let err = cfg.validate().err().map(|e| e.setting);
+        assert_eq!(err, Some("POSTBACK_RETRY_MAX_DELAY"));
+        let err = Config::default().validate_api().err().map(|e| e.setting);
+        assert_eq!(err, Some("POSTBACK_API_TOKEN"));
+        let insecure = Config {
+            insecure_no_auth: true,
+            ..Config::default()
+        };
+        assert!(insecure.validate_api().is_ok());
+        let bad_secret = Config {
+            signing_secret: Some("nope".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            bad_secret.validate().err().map(|e| e.setting),
+            Some("POSTBACK_SIGNING_SECRET")
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! One HTTP attempt of one delivery: build the request (signature, JWT,
+//! caller headers, body or streamed file), send it through the egress
+//! client, read at most 1 KiB of the answer, classify the outcome. It must
+//! not touch the database or decide what happens next.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT,
+};
+use time::OffsetDateTime;
+use tokio::io::AsyncReadExt;
+
+use super::Outcome;
+use crate::egress::{is_blocked, Egress, PreflightError};
+use crate::model::CallbackAuth;
+use crate::signing::{self, Signer, SigningSecret};
+use crate::store::queue::Claimed;
+
+/// How much of a response is kept.
+pub const SNIPPET_BYTES: usize = 1024;
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    /// Wall-clock start.
+    pub started_at: OffsetDateTime,
+    /// How long it took.
+    pub duration: Duration,
+    /// Outcome class.
+    pub outcome: Outcome,
+    /// HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// First 1 KiB of the response, or the error text.
+    pub snippet: Option<String>,
+}
+
+/// Sends attempts; one per process, shared by every worker task.
+#[derive(Debug)]
+pub struct Sender {
+    egress: Egress,
+    secret: SigningSecret,
+    timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+impl Sender {
+    /// A sender signing with `secret`, bounding every attempt by `timeout`.
+    pub fn new(egress: Egress, secret: SigningSecret, timeout: Duration) -> Self {
+        Sender {
+            egress,
+            secret,
+            timeout,
+            user_agent: HeaderValue::from_static(concat!("postback/", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+
+    /// Makes one attempt of `d`.
+    pub async fn attempt(&self, d: &Claimed) -> AttemptReport {
+        let started_at = OffsetDateTime::now_utc();
+        let clock = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.send(d, started_at)).await;
+        let duration = clock.elapsed();
+        let (outcome, status_code, snippet) = match result {
+            Ok(Ok((status, snippet))) if (200..300).contains(&status) => {
+                (Outcome::Success, Some(status), snippet)
+            }
+            Ok(Ok((status, snippet))) => (Outcome::HttpError, Some(status), snippet),
+            Ok(Err(failure)) => (failure.outcome, None, Some(failure.message)),
+            Err(_) => (
+                Outcome::Timeout,
+                None,
+                Some(format!("no complete answer within {:?}", self.timeout)),
+            ),
+        };
+        AttemptReport {
+            started_at,
+            duration,
+            outcome,
+            status_code,
+            snippet,
+        }
+    }
+
+    async fn send(
+        &self,
+        d: &Claimed,
+        started_at: OffsetDateTime,
+    ) -> Result<(u16, Option<String>), Failure> {
+        let url =
+            reqwest::Url::parse(&d.url).map_err(|e| Failure::other(format!("bad url: {e}")))?;
+        self.egress.preflight(&url).await.map_err(|e| match e {
+            PreflightError::Blocked(b) => Failure::new(Outcome::BlockedDestination, b.to_string()),
+            unresolvable => Failure::new(Outcome::ConnectError, unresolvable.to_string()),
+        })?;
+        let timestamp = started_at.unix_timestamp();
+        let msg_id = d.id.to_string();
+        let mut headers = self.headers(d, &msg_id, timestamp)?;
+        let method = if d.method == "PUT" {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::POST
+        };
+        let request = self
+            .egress
+            .client()
+            .request(method, url)
+            .timeout(self.timeout);
+        let request = match (&d.body, &d.file_path) {
+            (Some(body), _) => {
+                let signature = signing::sign(&self.secret, &msg_id, timestamp, body);
+                insert(&mut headers, "webhook-signature", &signature)?;
+                request.headers(headers).body(Bytes::copy_from_slice(body))
+            }
+            (None, Some(path)) => {
+                let (signature, len) = sign_file(&self.secret, &msg_id, timestamp, path).await?;
+                insert(&mut headers, "webhook-signature", &signature)?;
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK);
+                request
+                    .headers(headers)
+                    .body(reqwest::Body::wrap_stream(stream))
+            }
+            (None, None) => {
+                let signature = signing::sign(&self.secret, &msg_id, timestamp, b"");
+                insert(&mut headers, "webhook-signature", &signature)?;
+                request.headers(headers)
+            }
+        };
+        let response = request.send().await.map_err(classify)?;
+        let status = response.status().as_u16();
+        let snippet = read_snippet(response).await;
+        Ok((status, snippet))
+    }
+
+    fn headers(&self, d: &Claimed, msg_id: &str, timestamp: i64) -> Result<HeaderMap, Failure> {
+        let mut headers = HeaderMap::new();
+        if let Some(map) = d.headers.as_object() {
+            for (name, value) in map {
+                let (Ok(name), Some(Ok(value))) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    value.as_str().map(HeaderValue::from_str),
+                ) else {
+                    continue; // validated at intake; never reached
+                };
+                headers.append(name, value);
+            }
+        }
+        insert(&mut headers, "webhook-id", msg_id)?;
+        insert(&mut headers, "webhook-timestamp", &timestamp.to_string())?;
+        headers.insert(USER_AGENT, self.user_agent.clone());
+        let content_type = HeaderValue::from_str(&d.content_type)
+            .map_err(|_| Failure::other("stored content type is not a header value".into()))?;
+        headers.insert(CONTENT_TYPE, content_type);
+        if let Some(auth) = &d.auth {
+            let auth: CallbackAuth = serde_json::from_value(auth.clone())
+                .map_err(|e| Failure::other(format!("stored auth unreadable: {e}")))?;
+            match auth {
+                CallbackAuth::Jwt { secret, scheme } => {
+                    let job = d.job_id.as_deref().unwrap_or_default();
+                    let token =
+                        signing::callback_jwt(&secret, job, msg_id, timestamp).map_err(|e| {
+                            Failure::other(format!("cannot make the callback JWT: {e}"))
+                        })?;
+                    let value = signing::authorization_value(&scheme, &token);
+                    insert(&mut headers, "authorization", &value)?;
+                }
+            }
+        }
+        Ok(headers)
+    }
+}
+
+/// A failed attempt before any response.
+#[derive(Debug)]
+struct Failure {
+    outcome: Outcome,
+    message: String,
+}
+
+impl Failure {
+    fn new(outcome: Outcome, message: String) -> Self {
+        Failure { outcome, message }
+    }
+    fn other(message: String) -> Self {
+        Failure::new(Outcome::Other, message)
+    }
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), Failure> {
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| Failure::other(format!("{name} is not a header value")))?;
+    headers.insert(HeaderName::from_static(name), value);
+    Ok(())
+}
+
+fn classify(err: reqwest::Error) -> Failure {
+    let outcome = if is_blocked(&err) {
+        Outcome::BlockedDestination
+    } else if err.is_timeout() {
+        Outcome::Timeout
+    } else if err.is_connect() {
+        Outcome::ConnectError
+    } else {
+        Outcome::Other
+    };
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Failure::new(outcome, message)
+}
+
+/// Reads up to [`SNIPPET_BYTES`] of the body. A body that fits is read to
+/// its end so the connection goes back to the keep-alive pool.
+async fn read_snippet(response: reqwest::Response) -> Option<String> {
+    let mut stream = response.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        let room = SNIPPET_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() >= SNIPPET_BYTES {
+            break;
+        }
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Signs a file's bytes without holding them: one streaming pass.
+async fn sign_file(
+    secret: &SigningSecret,
+    msg_id: &str,
+    timestamp: i64,
+    path: &str,
+) -> Result<(String, u64), Failure> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
+    let mut signer = Signer::new(secret, msg_id, timestamp);
+    let mut buf = vec![0u8; FILE_CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        signer.update(&buf[..n]);
+    }
+    Ok((signer.finish(), len))
+}

@@ -1,0 +1,88 @@
+//! Per-host fairness: how many attempts this process has in flight to each
+//! destination host, so one slow or dead host never holds more than its
+//! share and the claim can skip hosts that are full.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Counts attempts in flight per host against a fixed limit.
+#[derive(Debug, Clone)]
+pub struct HostSlots {
+    limit: usize,
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A taken slot; returning it is dropping it.
+#[derive(Debug)]
+pub struct HostSlot {
+    host: String,
+    slots: HostSlots,
+}
+
+impl HostSlots {
+    /// At most `limit` attempts per host.
+    pub fn new(limit: usize) -> Self {
+        HostSlots {
+            limit: limit.max(1),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Takes a slot for `host` if it has room.
+    pub fn try_take(&self, host: &str) -> Option<HostSlot> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(host.to_owned()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(HostSlot {
+            host: host.to_owned(),
+            slots: self.clone(),
+        })
+    }
+
+    /// Hosts with no room left, for the claim to skip.
+    pub fn full_hosts(&self) -> Vec<String> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, n)| **n >= self.limit)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .slots
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.host);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_host_is_refused_and_listed_until_a_slot_returns() {
+        let slots = HostSlots::new(2);
+        let a = slots.try_take("a");
+        let b = slots.try_take("a");
+        assert!(a.is_some() && b.is_some());
+        assert!(slots.try_take("a").is_none());
+        assert!(slots.try_take("b").is_some());
+        assert_eq!(slots.full_hosts(), vec!["a".to_owned()]);
+        drop(a);
+        assert!(slots.full_hosts().is_empty());
+        assert!(slots.try_take("a").is_some());
+    }
+}

@@ -1,0 +1,93 @@
+//! The library's error type: what an embedder (and the HTTP layer) can match
+//! on. It owns the classification of failures into validation, not found,
+//! conflict and database errors; it must not know about HTTP status codes
+//! (the `api` module maps them).
+
+/// Everything a library call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is wrong; `field` names what to fix (a JSON path such as
+    /// `publish.callbacks[0].url`).
+    #[error("{field}: {reason}")]
+    Validation {
+        /// Where in the input the problem is.
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+        /// Stable snake_case code for scripts.
+        code: &'static str,
+    },
+    /// No such job or delivery.
+    #[error("{what} {id} was not found")]
+    NotFound {
+        /// `job` or `delivery`.
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The job existed but is past its expiration time.
+    #[error("job {id} expired at {expired_at}")]
+    Expired {
+        /// The job id.
+        id: String,
+        /// When it expired (RFC 3339).
+        expired_at: String,
+    },
+    /// The request contradicts what is already stored.
+    #[error("{message}")]
+    Conflict {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+    /// The database could not be reached (retryable; the API answers 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl Error {
+    /// A validation error for `field`.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Validation {
+            field: field.into(),
+            reason: reason.into(),
+            code,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        if is_connectivity(&err) {
+            Error::Unavailable(err)
+        } else {
+            Error::Database(err)
+        }
+    }
+}
+
+/// True when the error means "the database is not there right now" rather
+/// than "the statement is wrong": callers retry the former.
+pub fn is_connectivity(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => {
+            // Class 08 (connection exception) and 57P0x (admin/crash shutdown,
+            // cannot connect now) are the server going away under us.
+            db.code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0"))
+        }
+        _ => false,
+    }
+}
+
+/// Library result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,528 @@
+//! The library API of SPEC §5: create a job, post its result, queue a
+//! generic delivery, read jobs and deliveries, replay. Every call takes any
+//! sqlx connection source (the pool, or `&mut *tx` inside the caller's own
+//! transaction), so an ASR backend commits its own rows and Postback's
+//! deliveries together. The HTTP API is a thin layer over this module.
+//!
+//! It owns the job lifecycle and turning a result into deliveries (rendered
+//! bodies included); it must not send anything (that is `delivery`'s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::{Acquire, Postgres};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::egress::EgressPolicy;
+use crate::error::{Error, Result};
+use crate::model::{
+    CallbackSpec, CallbackType, JobResult, JobView, MediaStream, NewDelivery, NewJob, ResultStatus,
+    StreamName, TranscriptFormat,
+};
+use crate::render;
+use crate::store::{self, deliveries::Replayed, jobs::JobRow, Schema};
+use crate::validate;
+
+/// The channel workers LISTEN on; every enqueue NOTIFYs it on commit.
+pub const WAKE_CHANNEL: &str = "postback_due";
+
+/// Handle to Postback's library API: the settings intake depends on. Cheap
+/// to clone; holds no connection.
+#[derive(Debug, Clone)]
+pub struct Postback {
+    schema: Schema,
+    job_ttl: Duration,
+    policy: Arc<EgressPolicy>,
+}
+
+/// Whether `create_job` made a new job or found the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new job was stored.
+    New,
+    /// The same job id with the same body already existed.
+    Existing,
+}
+
+/// A stored callback: its fixed delivery id and configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredCallback {
+    delivery_id: Uuid,
+    spec: CallbackSpec,
+}
+
+impl Postback {
+    /// The library handle for `config` (schema, job TTL, egress deny list).
+    pub fn new(config: &Config) -> Self {
+        Postback {
+            schema: Schema::new(config.db_schema.clone()),
+            job_ttl: config.job_ttl,
+            policy: Arc::new(EgressPolicy::new(
+                config.egress_allow.clone(),
+                config.egress_deny.clone(),
+            )),
+        }
+    }
+
+    /// The schema this handle reads and writes.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The destination policy used to check URLs at intake.
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// Registers a job (SPEC `POST /v1/jobs`). The same `jobId` with the
+    /// same body returns the existing job; with another body, a conflict.
+    pub async fn create_job<'a, A>(&self, db: A, job: NewJob) -> Result<(JobView, Created)>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        validate::new_job(&self.policy, &job)?;
+        let request = serde_json::to_value(&job)
+            .map_err(|e| Error::invalid("invalid_field", "body", e.to_string()))?;
+        let id = job
+            .job_id
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        let callbacks: Vec<StoredCallback> = job
+            .publish
+            .callbacks
+            .iter()
+            .map(|spec| StoredCallback {
+                delivery_id: Uuid::now_v7(),
+                spec: spec.clone(),
+            })
+            .collect();
+        let now = now_millis();
+        let row = JobRow {
+            id: id.clone(),
+            request: request.clone(),
+            metadata: job.metadata.clone(),
+            callbacks: serde_json::to_value(&callbacks).unwrap_or(Value::Null),
+            status: "in_progress".into(),
+            result: None,
+            created_at: now,
+            expires_at: now + self.job_ttl,
+        };
+        let mut conn = db.acquire().await?;
+        let (stored, created) = store::jobs::insert(&mut conn, &self.schema, &row).await?;
+        if !created {
+            if stored.expires_at <= OffsetDateTime::now_utc() {
+                return Err(expired(&stored));
+            }
+            if stored.request != request {
+                return Err(Error::Conflict {
+                    code: "job_exists",
+                    message: format!(
+                        "job {id} already exists with a different body; use another jobId or repeat the original request"
+                    ),
+                });
+            }
+        }
+        metrics_created(created);
+        let view = self.view(&mut conn, stored).await?;
+        Ok((
+            view,
+            if created {
+                Created::New
+            } else {
+                Created::Existing
+            },
+        ))
+    }
+
+    /// Posts the job's result (SPEC `POST /v1/jobs/{jobId}/result`): in one
+    /// transaction (a savepoint inside the caller's), the job is marked done
+    /// and one delivery per callback is queued.
+    pub async fn post_result<'a, A>(
+        &self,
+        db: A,
+        job_id: &str,
+        result: JobResult,
+    ) -> Result<JobView>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        check_result_shape(&result)?;
+        let mut tx = db.begin().await?;
+        let job = store::jobs::find(&mut *tx, &self.schema, job_id, true)
+            .await?
+            .ok_or_else(|| not_found_job(job_id))?;
+        if job.expires_at <= OffsetDateTime::now_utc() {
+            return Err(expired(&job));
+        }
+        if job.status != "in_progress" {
+            return Err(Error::Conflict {
+                code: "result_exists",
+                message: format!("job {job_id} already has a result; a job takes one result"),
+            });
+        }
+        let callbacks: Vec<StoredCallback> = serde_json::from_value(job.callbacks.clone())
+            .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
+        let deliveries = self.deliveries_for(&job, &callbacks, &result)?;
+        store::deliveries::insert(&mut tx, &self.schema, &deliveries).await?;
+        let status = match result.status {
+            ResultStatus::Finished => "completed",
+            ResultStatus::Failed => "failed",
+        };
+        let stored = serde_json::to_value(&result).unwrap_or(Value::Null);
+        store::jobs::set_result(&mut tx, &self.schema, job_id, status, &stored).await?;
+        notify_workers(&mut tx).await?;
+        let job = store::jobs::find(&mut *tx, &self.schema, job_id, false)
+            .await?
+            .ok_or_else(|| not_found_job(job_id))?;
+        let view = self.view(&mut tx, job).await?;
+        tx.commit().await?;
+        for d in &deliveries {
+            metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => d.kind.clone())
+                .increment(1);
+        }
+        Ok(view)
+    }
+
+    /// Queues a generic delivery (SPEC `POST /v1/deliveries`).
+    pub async fn enqueue<'a, A>(&self, db: A, delivery: NewDelivery) -> Result<Uuid>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let (host, body, content_type) = validate::new_delivery(&self.policy, &delivery)?;
+        let id = Uuid::now_v7();
+        let row = store::deliveries::NewDelivery {
+            id,
+            job_id: None,
+            kind: "generic".into(),
+            method: delivery.method.as_str().into(),
+            url: delivery.url,
+            host,
+            content_type,
+            headers: serde_json::to_value(&delivery.headers).unwrap_or_else(|_| json!({})),
+            auth: None,
+            body: Some(body),
+            file_path: None,
+            expires_at: now_millis() + self.job_ttl,
+        };
+        let mut tx = db.begin().await?;
+        store::deliveries::insert(&mut tx, &self.schema, std::slice::from_ref(&row)).await?;
+        notify_workers(&mut tx).await?;
+        tx.commit().await?;
+        metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => "generic").increment(1);
+        Ok(id)
+    }
+
+    /// The job as polling shows it.
+    pub async fn job<'a, A>(&self, db: A, job_id: &str) -> Result<JobView>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let mut conn = db.acquire().await?;
+        let job = store::jobs::find(&mut *conn, &self.schema, job_id, false)
+            .await?
+            .ok_or_else(|| not_found_job(job_id))?;
+        if job.expires_at <= OffsetDateTime::now_utc() {
+            return Err(expired(&job));
+        }
+        self.view(&mut conn, job).await
+    }
+
+    /// The delivery with every attempt.
+    pub async fn delivery<'a, A>(&self, db: A, id: Uuid) -> Result<crate::model::DeliveryView>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let mut conn = db.acquire().await?;
+        match store::deliveries::find(&mut conn, &self.schema, id).await? {
+            Some((view, expires_at)) if expires_at > OffsetDateTime::now_utc() => Ok(view),
+            _ => Err(Error::NotFound {
+                what: "delivery",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    /// Puts a delivery back in the queue for a fresh schedule, keeping its id.
+    pub async fn replay<'a, A>(&self, db: A, id: Uuid) -> Result<()>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
+        let mut tx = db.begin().await?;
+        let outcome =
+            store::deliveries::replay(&mut *tx, &self.schema, id, OffsetDateTime::now_utc())
+                .await?;
+        match outcome {
+            Replayed::Queued => {
+                notify_workers(&mut tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            Replayed::InFlight => Err(Error::Conflict {
+                code: "delivery_in_flight",
+                message: format!(
+                    "delivery {id} is being attempted right now; replay it once that attempt ends"
+                ),
+            }),
+            Replayed::Missing => Err(Error::NotFound {
+                what: "delivery",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    async fn view(&self, conn: &mut sqlx::PgConnection, job: JobRow) -> Result<JobView> {
+        let mut callbacks =
+            store::jobs::callback_statuses(&mut *conn, &self.schema, &job.id).await?;
+        if job.status == "in_progress" {
+            // Before the result no delivery exists: show the configured
+            // callbacks, each with the id its delivery will carry.
+            let stored: Vec<StoredCallback> =
+                serde_json::from_value(job.callbacks.clone()).unwrap_or_default();
+            callbacks = stored
+                .into_iter()
+                .map(|c| crate::model::CallbackStatus {
+                    delivery_id: c.delivery_id,
+                    url: c.spec.url,
+                    method: c.spec.method.as_str().into(),
+                    kind: c.spec.kind.as_str().into(),
+                    status: "pending".into(),
+                    attempts: 0,
+                    last_attempt_time: None,
+                    last_status_code: None,
+                    next_attempt_time: None,
+                })
+                .collect();
+        }
+        let result: Option<JobResult> = job
+            .result
+            .clone()
+            .and_then(|r| serde_json::from_value(r).ok());
+        let (status, result_json, error) = match job.status.as_str() {
+            "completed" => ("Completed", result.as_ref().map(public_result), None),
+            "failed" => (
+                "Failed",
+                None,
+                result
+                    .and_then(|r| r.error)
+                    .map(|e| json!({"code": e.code, "message": e.message})),
+            ),
+            _ => ("InProgress", None, None),
+        };
+        Ok(JobView {
+            job_id: job.id,
+            creation_time: job.created_at,
+            expiration_time: job.expires_at,
+            status: status.into(),
+            metadata: job.metadata,
+            result: result_json,
+            error,
+            callbacks,
+        })
+    }
+
+    fn deliveries_for(
+        &self,
+        job: &JobRow,
+        callbacks: &[StoredCallback],
+        result: &JobResult,
+    ) -> Result<Vec<store::deliveries::NewDelivery>> {
+        let mut out = Vec::with_capacity(callbacks.len());
+        for (i, cb) in callbacks.iter().enumerate() {
+            let spec = &cb.spec;
+            let failed = result.status == ResultStatus::Failed;
+            if failed && spec.kind != CallbackType::Analytics {
+                continue; // SPEC: a failed job skips transcript and media callbacks
+            }
+            let (content_type, body, file_path) = match (spec.kind, failed) {
+                (CallbackType::Analytics, true) => {
+                    let error = result.error.clone().unwrap_or(crate::model::JobError {
+                        code: "failed".into(),
+                        message: "the job failed".into(),
+                    });
+                    let body = render::failed_body(&job.id, &error);
+                    (
+                        "application/json".to_owned(),
+                        Some(body.to_string().into_bytes()),
+                        None,
+                    )
+                }
+                (CallbackType::Analytics, false) => {
+                    let body = render::analytics_body(
+                        &job.id,
+                        job.metadata.as_ref(),
+                        result.result.as_ref(),
+                        &result.streams,
+                        spec.include.as_deref(),
+                    );
+                    (
+                        "application/json".to_owned(),
+                        Some(body.to_string().into_bytes()),
+                        None,
+                    )
+                }
+                (CallbackType::Transcript, _) => {
+                    let transcript = result
+                        .result
+                        .as_ref()
+                        .and_then(|r| r.transcript.clone())
+                        .unwrap_or_default();
+                    let rendered = render::render_transcript(
+                        &transcript,
+                        spec.format.unwrap_or(TranscriptFormat::Json),
+                    );
+                    (rendered.content_type.to_owned(), Some(rendered.body), None)
+                }
+                (CallbackType::Media, _) => {
+                    let wanted = spec.stream.unwrap_or(StreamName::Original);
+                    let path = media_path(&result.streams, wanted, i)?;
+                    ("application/octet-stream".to_owned(), None, Some(path))
+                }
+            };
+            let host = validate::destination(
+                &self.policy,
+                &spec.url,
+                &format!("publish.callbacks[{i}].url"),
+            )?;
+            out.push(store::deliveries::NewDelivery {
+                id: cb.delivery_id,
+                job_id: Some(job.id.clone()),
+                kind: spec.kind.as_str().into(),
+                method: spec.method.as_str().into(),
+                url: spec.url.clone(),
+                host,
+                content_type,
+                headers: serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({})),
+                auth: spec
+                    .auth
+                    .as_ref()
+                    .and_then(|a| serde_json::to_value(a).ok()),
+                body,
+                file_path,
+                expires_at: job.expires_at,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Wakes every worker LISTENing on this database when the surrounding
+/// transaction commits.
+pub async fn notify_workers(conn: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn check_result_shape(result: &JobResult) -> Result<()> {
+    match result.status {
+        ResultStatus::Finished if result.error.is_some() => Err(Error::invalid(
+            "invalid_field",
+            "error",
+            "only a failed result carries an error; remove it or set \"status\": \"failed\"",
+        )),
+        ResultStatus::Failed if result.error.is_none() => Err(Error::invalid(
+            "invalid_field",
+            "error",
+            "a failed result needs {\"code\", \"message\"} saying why",
+        )),
+        ResultStatus::Failed if result.result.is_some() => Err(Error::invalid(
+            "invalid_field",
+            "result",
+            "a failed result carries error instead of result",
+        )),
+        _ => {
+            for (i, s) in result.streams.iter().enumerate() {
+                if s.stream_name != "original" && s.stream_name != "redacted-audio" {
+                    return Err(Error::invalid(
+                        "invalid_field",
+                        format!("streams[{i}].streamName"),
+                        "must be original or redacted-audio",
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> Result<String> {
+    let stream = streams.iter().find(|s| s.stream_name == wanted.as_str());
+    let Some(path) = stream.and_then(|s| s.path.clone()) else {
+        return Err(Error::invalid(
+            "missing_stream",
+            "streams",
+            format!(
+                "publish.callbacks[{callback}] sends the {} stream, but the result has no stream of that name with a path",
+                wanted.as_str()
+            ),
+        ));
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        _ => Err(Error::invalid(
+            "missing_stream",
+            "streams",
+            format!(
+                "the {} stream's path is not a readable file on the Postback host",
+                wanted.as_str()
+            ),
+        )),
+    }
+}
+
+/// The result as customers may see it: never a stream's local `path`.
+fn public_result(result: &JobResult) -> Value {
+    let mut value = serde_json::to_value(&result.result).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        let streams: Vec<Value> = result
+            .streams
+            .iter()
+            .filter_map(|s| {
+                s.location
+                    .as_ref()
+                    .map(|l| json!({"streamName": s.stream_name, "streamLocation": l}))
+            })
+            .collect();
+        if !streams.is_empty() {
+            map.insert("streams".into(), Value::Array(streams));
+        }
+    }
+    value
+}
+
+fn not_found_job(id: &str) -> Error {
+    Error::NotFound {
+        what: "job",
+        id: id.to_owned(),
+    }
+}
+
+fn expired(job: &JobRow) -> Error {
+    Error::Expired {
+        id: job.id.clone(),
+        expired_at: job
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }
+}
+
+fn metrics_created(created: bool) {
+    if created {
+        metrics::counter!(crate::metrics::JOBS_CREATED).increment(1);
+    }
+}
+
+/// Now, truncated to PostgreSQL's microseconds so that what we return equals
+/// what a later read returns.
+fn now_millis() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
+}

@@ -1,0 +1,440 @@
+//! Domain types shared by the library, the HTTP API and the workers: what a
+//! caller sends (job requests, callback configuration, results) and what a
+//! caller reads back. Pure data with serde (camelCase on the wire, SPEC §2);
+//! no I/O and no validation beyond what the types themselves enforce
+//! (validation lives in `validate`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// HTTP method of a callback (SPEC §2: POST by default, or PUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// `POST` (the default).
+    #[default]
+    Post,
+    /// `PUT`, e.g. to a pre-signed storage URL.
+    Put,
+}
+
+impl Method {
+    /// The method as it goes on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// What a callback carries (SPEC §2 "What a callback carries").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackType {
+    /// The VoiceBase-style JSON document with everything the job produced.
+    #[default]
+    Analytics,
+    /// The transcript alone, in one `format`.
+    Transcript,
+    /// The bytes of one media stream.
+    Media,
+}
+
+impl CallbackType {
+    /// The lowercase wire name, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackType::Analytics => "analytics",
+            CallbackType::Transcript => "transcript",
+            CallbackType::Media => "media",
+        }
+    }
+}
+
+/// Transcript rendering of a `transcript` callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscriptFormat {
+    /// The transcript object as JSON.
+    #[default]
+    Json,
+    /// The words with spaces between.
+    Text,
+    /// SubRip cues.
+    Srt,
+    /// WebVTT cues.
+    Webvtt,
+    /// TTML/DFXP document.
+    Dfxp,
+}
+
+/// Sections an analytics callback may be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Include {
+    /// `transcript` (with its `alternateFormats`).
+    Transcript,
+    /// `knowledge`.
+    Knowledge,
+    /// `metadata` given at job creation.
+    Metadata,
+    /// `prediction`.
+    Prediction,
+    /// `streams` (name and public location only).
+    Streams,
+    /// `spotting`.
+    Spotting,
+}
+
+/// Media stream a `media` callback sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamName {
+    /// The recording as received.
+    #[default]
+    Original,
+    /// The recording with redacted parts silenced.
+    RedactedAudio,
+}
+
+impl StreamName {
+    /// The wire name (`original`, `redacted-audio`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Original => "original",
+            StreamName::RedactedAudio => "redacted-audio",
+        }
+    }
+}
+
+/// Per-callback authentication (SPEC §2 `auth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CallbackAuth {
+    /// A fresh HS256 JWT on every attempt in `Authorization`.
+    Jwt {
+        /// HMAC secret the receiver shares.
+        secret: String,
+        /// Authorization scheme; `""` sends the bare token.
+        #[serde(default = "default_scheme")]
+        scheme: String,
+    },
+}
+
+fn default_scheme() -> String {
+    "Bearer".to_owned()
+}
+
+/// One entry of `publish.callbacks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CallbackSpec {
+    /// Destination; `http` or `https` with a host.
+    pub url: String,
+    /// POST (default) or PUT.
+    #[serde(default)]
+    pub method: Method,
+    /// What the callback carries.
+    #[serde(default, rename = "type")]
+    pub kind: CallbackType,
+    /// Transcript format (transcript callbacks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TranscriptFormat>,
+    /// Sections of an analytics callback; `None` means everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<Include>>,
+    /// Stream of a media callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamName>,
+    /// Extra headers sent as given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Optional per-callback authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<CallbackAuth>,
+}
+
+/// `publish` section of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Publish {
+    /// Callbacks to make when the job's result arrives.
+    #[serde(default)]
+    pub callbacks: Vec<CallbackSpec>,
+}
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewJob {
+    /// Caller's id; a UUIDv7 is made when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Any JSON, returned in analytics callbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Callback configuration.
+    #[serde(default)]
+    pub publish: Publish,
+}
+
+/// One recognised word (SPEC §2; times in milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    /// Position in the transcript.
+    #[serde(default)]
+    pub p: u64,
+    /// Start, milliseconds from the beginning of the media.
+    pub s: u64,
+    /// End, milliseconds.
+    pub e: u64,
+    /// Confidence, 0..1.
+    #[serde(default)]
+    pub c: f64,
+    /// The word (punctuation is attached to it or stands as its own word).
+    pub w: String,
+}
+
+/// The transcript of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Transcript {
+    /// Overall confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Words in order.
+    #[serde(default)]
+    pub words: Vec<Word>,
+    /// Anything else the ASR engine put in the transcript, passed through.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `result` of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOutput {
+    /// The transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Transcript>,
+    /// Knowledge extraction (topics, keywords), passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<Value>,
+    /// Classifier predictions, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<Value>,
+    /// Keyword spotting, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spotting: Option<Value>,
+}
+
+/// A media stream produced by the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MediaStream {
+    /// `original` or `redacted-audio`.
+    pub stream_name: String,
+    /// File on the Postback host that media callbacks send; never shown to customers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Content type of the file (informational; media is sent as octet-stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Public URL listed in analytics callbacks as `streamLocation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// Outcome of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    /// The job produced a result.
+    Finished,
+    /// The job failed; `error` says why.
+    Failed,
+}
+
+/// Error of a failed job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobError {
+    /// Machine-readable code.
+    pub code: String,
+    /// Human sentence.
+    pub message: String,
+}
+
+/// Body of `POST /v1/jobs/{jobId}/result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobResult {
+    /// `finished` or `failed`.
+    pub status: ResultStatus,
+    /// The output of a finished job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobOutput>,
+    /// Media streams of a finished job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<MediaStream>,
+    /// Why a failed job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+/// State of one callback's delivery as a customer polls it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackStatus {
+    /// The delivery id (also the `webhook-id` header).
+    pub delivery_id: uuid::Uuid,
+    /// Destination.
+    pub url: String,
+    /// POST or PUT.
+    pub method: String,
+    /// analytics, transcript or media.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// pending, delivering, delivered or failed.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// When the last attempt started.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub last_attempt_time: Option<time::OffsetDateTime>,
+    /// HTTP status of the last attempt, when it got one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_status_code: Option<i32>,
+    /// When the next attempt is due (pending deliveries only).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub next_attempt_time: Option<time::OffsetDateTime>,
+}
+
+/// A job as `GET /v1/jobs/{jobId}` answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// The job id.
+    pub job_id: String,
+    /// When the job was registered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub creation_time: time::OffsetDateTime,
+    /// When the job and its deliveries are forgotten.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expiration_time: time::OffsetDateTime,
+    /// InProgress, Completed or Failed.
+    pub status: String,
+    /// Metadata given at creation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub metadata: Option<Value>,
+    /// The result, once Completed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<Value>,
+    /// The error, once Failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<Value>,
+    /// Each callback and its delivery state.
+    pub callbacks: Vec<CallbackStatus>,
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    /// 1-based attempt number over the delivery's whole life.
+    pub attempt: i32,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: time::OffsetDateTime,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// HTTP status, when a response arrived.
+    pub status_code: Option<i32>,
+    /// Outcome class when it failed (`http_error`, `timeout`, `connect_error`, `blocked_destination`, `other`).
+    pub error: Option<String>,
+    /// First 1 KiB of the response body.
+    pub response_snippet: Option<String>,
+}
+
+/// A delivery with every attempt (`GET /v1/deliveries/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    /// The delivery id (`webhook-id`).
+    pub delivery_id: uuid::Uuid,
+    /// The job it belongs to, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub job_id: Option<String>,
+    /// analytics, transcript, media or generic.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Destination.
+    pub url: String,
+    /// POST or PUT.
+    pub method: String,
+    /// Content-Type of the body.
+    pub content_type: String,
+    /// Caller headers, values masked as `***`.
+    pub headers: BTreeMap<String, String>,
+    /// pending, delivering, delivered or failed.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempt_count: i32,
+    /// When it was (last) queued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: time::OffsetDateTime,
+    /// When the next attempt is due (pending only).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub next_attempt_time: Option<time::OffsetDateTime>,
+    /// When it was delivered or given up.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub completed_at: Option<time::OffsetDateTime>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// Body of `POST /v1/deliveries`: any callback outside the job flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewDelivery {
+    /// Destination.
+    pub url: String,
+    /// POST (default) or PUT.
+    #[serde(default)]
+    pub method: Method,
+    /// Extra headers sent as given.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Content-Type of the body; defaults to `application/json` for `json`,
+    /// `text/plain; charset=utf-8` for `body` and `application/octet-stream`
+    /// for `bodyBase64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Body as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Body as base64 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// Body as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Value>,
+}

@@ -1,0 +1,301 @@
+//! Assembling a running process from a [`Config`]: the database (given URL
+//! or the private cluster), migrations, the signing secret, the workers,
+//! the API and metrics listeners, and the order in which they stop. `serve`
+//! and `worker` are this with different roles; tests and the benchmark use
+//! it too, so they run exactly what users run. It must not parse flags.
+
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::delivery::Dispatcher;
+use crate::pgcluster::{Cluster, ClusterError};
+use crate::signing::SigningSecret;
+use crate::store::{self, Schema};
+
+/// What the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API + workers + metrics.
+    Serve,
+    /// Workers (+ optional metrics listener) only.
+    Worker,
+}
+
+/// Why a process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The private cluster could not be had.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The database refused us.
+    #[error("database: {0}")]
+    Database(#[from] crate::error::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which setting named it.
+        setting: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The outbound HTTP client could not be built.
+    #[error("egress: {0}")]
+    Egress(#[from] crate::egress::EgressError),
+}
+
+impl StartError {
+    /// True when the operator must fix a setting or install something
+    /// (exit 2) rather than a runtime failure (exit 1).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            StartError::Config(_) | StartError::Egress(_) => true,
+            StartError::Cluster(e) => matches!(
+                e,
+                ClusterError::NoBinaries
+                    | ClusterError::NoUnprivilegedUser
+                    | ClusterError::DataDir { .. }
+            ),
+            StartError::Bind { .. } | StartError::Database(_) => false,
+        }
+    }
+}
+
+/// A started process, ready to [`run`](Process::run).
+#[derive(Debug)]
+pub struct Process {
+    config: Config,
+    role: Role,
+    pool: PgPool,
+    cluster: Option<Cluster>,
+    dispatcher: Option<Dispatcher>,
+    api: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    database_url: String,
+}
+
+impl Process {
+    /// Opens the database (starting the private cluster when no URL is
+    /// set), migrates, loads the signing secret, builds the workers and
+    /// binds the listeners. Nothing runs until [`Process::run`].
+    pub async fn start(mut config: Config, role: Role) -> Result<Process, StartError> {
+        config.validate()?;
+        let schema = Schema::new(config.db_schema.clone());
+        let mut cluster = None;
+        let database_url = match config.database_url.clone() {
+            Some(url) => url,
+            None => {
+                let dir = config.data_dir.clone();
+                let started = tokio::task::spawn_blocking(move || Cluster::start(&dir))
+                    .await
+                    .map_err(|e| ClusterError::Command {
+                        command: "start".into(),
+                        output: e.to_string(),
+                    })??;
+                let url = started.url();
+                println!(
+                    "postback: private PostgreSQL at {url} (data in {})",
+                    config.data_dir.display()
+                );
+                cluster = Some(started);
+                url
+            }
+        };
+        config.database_url = Some(database_url.clone());
+        let pool_size = (config.concurrency / 8).clamp(8, 64) as u32;
+        let pool = match store::connect(&database_url, &schema, pool_size).await {
+            Ok(pool) => pool,
+            Err(err) => {
+                stop_cluster(cluster).await;
+                return Err(err.into());
+            }
+        };
+        if let Err(err) = store::migrate(&pool, &schema).await {
+            stop_cluster(cluster).await;
+            return Err(err.into());
+        }
+        let secret = match signing_secret(&config, &pool, &schema).await {
+            Ok(s) => s,
+            Err(err) => {
+                stop_cluster(cluster).await;
+                return Err(err);
+            }
+        };
+        let metrics = crate::metrics::install();
+        let dispatcher = if config.concurrency > 0 {
+            Some(Dispatcher::new(pool.clone(), &config, secret)?)
+        } else {
+            None
+        };
+        let api = match role {
+            Role::Serve => Some(bind(config.listen, "POSTBACK_LISTEN").await?),
+            Role::Worker => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr, "POSTBACK_METRICS_LISTEN").await?),
+            None => None,
+        };
+        Ok(Process {
+            config,
+            role,
+            pool,
+            cluster,
+            dispatcher,
+            api,
+            metrics_listener,
+            metrics,
+            database_url,
+        })
+    }
+
+    /// The API's bound address (with port 0 resolved).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics listener's bound address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The database URL in use.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs until `shutdown`: then the API stops accepting, workers finish
+    /// their attempts in flight and write them, the pool closes and the
+    /// private cluster (if any) stops.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let schema = Schema::new(self.config.db_schema.clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        let waker = self.dispatcher.as_ref().map(Dispatcher::waker);
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let stop = shutdown.clone();
+            tasks.spawn(async move { dispatcher.run(stop).await.map_err(anyhow::Error::from) });
+        }
+        tasks.spawn(
+            crate::metrics::run_gauges(self.pool.clone(), schema, shutdown.clone()).map_ok(),
+        );
+        #[cfg(feature = "api")]
+        if let Some(listener) = self.api.take() {
+            let state = crate::api::AppState {
+                pool: self.pool.clone(),
+                postback: crate::intake::Postback::new(&self.config),
+                token: self.config.api_token.clone().map(Into::into),
+                waker,
+                metrics: self.metrics.clone(),
+                source_addresses: self.config.egress_source_addr.into_iter().collect(),
+                public_addresses: self.config.public_addresses(),
+                max_body: usize::try_from(self.config.max_body).unwrap_or(usize::MAX),
+            };
+            tracing::info!(addr = %listener.local_addr()?, "API listening");
+            let app = crate::api::router(state);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        #[cfg(feature = "api")]
+        if let (Some(listener), Some(handle)) = (self.metrics_listener.take(), self.metrics.clone())
+        {
+            let app = crate::api::metrics_router(handle);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        #[cfg(not(feature = "api"))]
+        let _ = waker;
+        tracing::info!(role = ?self.role, "running");
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(err) = outcome {
+                tracing::error!(%err, "component failed; shutting down");
+                shutdown.cancel();
+                first_error.get_or_insert(err);
+            }
+        }
+        self.pool.close().await;
+        stop_cluster(self.cluster.take()).await;
+        tracing::info!("stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+trait MapOk {
+    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl<F: std::future::Future<Output = ()> + Send> MapOk for F {
+    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr,
+            setting,
+            source,
+        })
+}
+
+async fn signing_secret(
+    config: &Config,
+    pool: &PgPool,
+    schema: &Schema,
+) -> Result<SigningSecret, StartError> {
+    let text = match &config.signing_secret {
+        Some(s) => s.clone(),
+        None => {
+            store::settings::signing_secret(pool, schema, || SigningSecret::generate().as_whsec())
+                .await?
+        }
+    };
+    SigningSecret::parse(&text).map_err(|e| {
+        StartError::Config(ConfigError {
+            setting: "POSTBACK_SIGNING_SECRET",
+            reason: e.to_string(),
+        })
+    })
+}
+
+async fn stop_cluster(cluster: Option<Cluster>) {
+    if let Some(mut cluster) = cluster {
+        let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        match stopped {
+            Ok(Ok(())) => tracing::info!("private PostgreSQL stopped"),
+            Ok(Err(err)) => tracing::error!(%err, "private PostgreSQL did not stop cleanly"),
+            Err(err) => tracing::error!(%err, "private PostgreSQL stop task failed"),
+        }
+    }
+}

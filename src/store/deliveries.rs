@@ -1,0 +1,206 @@
+//! The `deliveries`, `payloads` and `attempts` tables outside the hot claim
+//! path: enqueueing, reads for the API and CLI, replay.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Schema;
+use crate::error::Result;
+use crate::model::{AttemptView, DeliveryView};
+
+/// A delivery to queue, with what it sends.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The delivery id (`webhook-id`).
+    pub id: Uuid,
+    /// Owning job, if any.
+    pub job_id: Option<String>,
+    /// analytics, transcript, media, generic.
+    pub kind: String,
+    /// POST or PUT.
+    pub method: String,
+    /// Destination.
+    pub url: String,
+    /// Destination host (for per-host fairness and filters).
+    pub host: String,
+    /// Content-Type of the body.
+    pub content_type: String,
+    /// Caller headers.
+    pub headers: Value,
+    /// Per-callback auth (JSON of `CallbackAuth`).
+    pub auth: Option<Value>,
+    /// Body bytes (all but media).
+    pub body: Option<Vec<u8>>,
+    /// File to stream (media).
+    pub file_path: Option<String>,
+    /// When the delivery is forgotten.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Queues `batch` (two statements however many deliveries).
+pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelivery]) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
+    let job_ids: Vec<Option<String>> = batch.iter().map(|d| d.job_id.clone()).collect();
+    let kinds: Vec<&str> = batch.iter().map(|d| d.kind.as_str()).collect();
+    let methods: Vec<&str> = batch.iter().map(|d| d.method.as_str()).collect();
+    let urls: Vec<&str> = batch.iter().map(|d| d.url.as_str()).collect();
+    let hosts: Vec<&str> = batch.iter().map(|d| d.host.as_str()).collect();
+    let expires: Vec<OffsetDateTime> = batch.iter().map(|d| d.expires_at).collect();
+    sqlx::query(&schema.sql(
+        "INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at)
+         SELECT id, job_id, kind, method, url, host, now(), expires_at
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+              AS t(id, job_id, kind, method, url, host, expires_at)",
+    ))
+    .bind(&ids)
+    .bind(&job_ids)
+    .bind(&kinds)
+    .bind(&methods)
+    .bind(&urls)
+    .bind(&hosts)
+    .bind(&expires)
+    .execute(&mut *conn)
+    .await?;
+    let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
+    let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
+    let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
+    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
+    sqlx::query(&schema.sql(
+        "INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bytea[], $6::text[])",
+    ))
+    .bind(&ids)
+    .bind(&content_types)
+    .bind(&headers)
+    .bind(&auths)
+    .bind(&bodies)
+    .bind(&files)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Header values are secrets: every read masks them.
+pub fn mask_headers(headers: &Value) -> BTreeMap<String, String> {
+    headers
+        .as_object()
+        .map(|m| m.keys().map(|k| (k.clone(), "***".to_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// The delivery `id` with every attempt.
+pub async fn find(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    id: Uuid,
+) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
+    let row = sqlx::query(&schema.sql(
+        "SELECT d.id, d.job_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
+                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+                d.completed_at, d.expires_at, p.content_type, p.headers
+         FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id
+         WHERE d.id = $1",
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let attempts = attempts(&mut *conn, schema, id).await?;
+    let headers: Value = row.try_get("headers")?;
+    let view = DeliveryView {
+        delivery_id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        kind: row.try_get("kind")?,
+        url: row.try_get("url")?,
+        method: row.try_get("method")?,
+        content_type: row.try_get("content_type")?,
+        headers: mask_headers(&headers),
+        status: row.try_get("state")?,
+        attempt_count: row.try_get("attempts")?,
+        queued_at: row.try_get("queued_at")?,
+        next_attempt_time: row.try_get("next_attempt_at")?,
+        completed_at: row.try_get("completed_at")?,
+        attempts,
+    };
+    Ok(Some((view, row.try_get("expires_at")?)))
+}
+
+/// Every attempt of delivery `id`, oldest first.
+pub async fn attempts<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    id: Uuid,
+) -> Result<Vec<AttemptView>> {
+    let rows = sqlx::query(&schema.sql(
+        "SELECT attempt, started_at, duration_ms, status_code, error, response_snippet
+         FROM postback.attempts WHERE delivery_id = $1 ORDER BY attempt",
+    ))
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttemptView {
+                attempt: r.try_get("attempt")?,
+                started_at: r.try_get("started_at")?,
+                duration_ms: r.try_get("duration_ms")?,
+                status_code: r.try_get("status_code")?,
+                error: r.try_get("error")?,
+                response_snippet: r.try_get("response_snippet")?,
+            })
+        })
+        .collect()
+}
+
+/// Outcome of a replay request for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// Queued for a fresh schedule.
+    Queued,
+    /// An attempt is running right now; nothing changed.
+    InFlight,
+    /// No such (unexpired) delivery.
+    Missing,
+}
+
+/// Puts delivery `id` back in the queue for a fresh cycle of the schedule,
+/// due at `due`; keeps its id (receivers dedupe on it) and its history.
+pub async fn replay<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    id: Uuid,
+    due: OffsetDateTime,
+) -> Result<Replayed> {
+    let row = sqlx::query(&schema.sql(
+        "WITH target AS (
+             SELECT id, state FROM postback.deliveries
+             WHERE id = $1 AND expires_at > now() FOR UPDATE),
+         upd AS (
+             UPDATE postback.deliveries d
+             SET state = 'pending', next_attempt_at = $2, lease = NULL,
+                 cycle_attempts = 0, cycle_started_at = NULL,
+                 queued_at = now(), completed_at = NULL
+             FROM target WHERE d.id = target.id AND target.state <> 'delivering'
+             RETURNING d.id)
+         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated",
+    ))
+    .bind(id)
+    .bind(due)
+    .fetch_one(db)
+    .await?;
+    let state: Option<String> = row.try_get("state")?;
+    let updated: i64 = row.try_get("updated")?;
+    Ok(match (state, updated) {
+        (None, _) => Replayed::Missing,
+        (Some(_), 0) => Replayed::InFlight,
+        _ => Replayed::Queued,
+    })
+}

@@ -1,0 +1,235 @@
+//! The hot path: claiming due deliveries in batches and writing outcomes in
+//! batches. One claim is one statement; one completion flush is one
+//! statement, however many deliveries it carries.
+//!
+//! Protocol: a claim moves a due row to `delivering`, sets its
+//! `next_attempt_at` to the lease expiry and stamps a fresh `lease` token.
+//! If the worker dies, the row simply becomes due again when the lease runs
+//! out. Completions and releases only touch rows that still carry the token
+//! they were claimed with, so a worker that outlived its lease cannot
+//! overwrite a newer claim.
+
+use serde_json::Value;
+use sqlx::{PgExecutor, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Schema;
+use crate::error::Result;
+
+/// A claimed delivery, with everything needed to attempt it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Delivery id (`webhook-id`).
+    pub id: Uuid,
+    /// Owning job.
+    pub job_id: Option<String>,
+    /// analytics, transcript, media, generic.
+    pub kind: String,
+    /// POST or PUT.
+    pub method: String,
+    /// Destination.
+    pub url: String,
+    /// Destination host.
+    pub host: String,
+    /// Lease token of this claim.
+    pub lease: Uuid,
+    /// Attempts of the current schedule made before this one.
+    pub cycle_attempts: i32,
+    /// First attempt of the current schedule, if one was made.
+    pub cycle_started_at: Option<OffsetDateTime>,
+    /// When the delivery was (re)queued.
+    pub queued_at: OffsetDateTime,
+    /// Content-Type.
+    pub content_type: String,
+    /// Caller headers (object of strings).
+    pub headers: Value,
+    /// Per-callback auth.
+    pub auth: Option<Value>,
+    /// Body, unless media.
+    pub body: Option<Vec<u8>>,
+    /// File to stream, for media.
+    pub file_path: Option<String>,
+}
+
+/// Claims up to `limit` due deliveries, skipping rows other workers hold and
+/// hosts this process has no room for.
+pub async fn claim<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    limit: i64,
+    lease_secs: f64,
+    skip_hosts: &[String],
+) -> Result<Vec<Claimed>> {
+    let lease = Uuid::now_v7();
+    let rows = sqlx::query(&schema.sql(
+        "WITH due AS (
+             SELECT id FROM postback.deliveries
+             WHERE next_attempt_at <= now() AND host <> ALL($4::text[])
+             ORDER BY next_attempt_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED),
+         claimed AS (
+             UPDATE postback.deliveries d
+             SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
+             FROM due WHERE d.id = due.id
+             RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.cycle_attempts,
+                       d.cycle_started_at, d.queued_at)
+         SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
+         FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id",
+    ))
+    .bind(limit)
+    .bind(lease_secs)
+    .bind(lease)
+    .bind(skip_hosts)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get("id")?,
+                job_id: r.try_get("job_id")?,
+                kind: r.try_get("kind")?,
+                method: r.try_get("method")?,
+                url: r.try_get("url")?,
+                host: r.try_get("host")?,
+                lease,
+                cycle_attempts: r.try_get("cycle_attempts")?,
+                cycle_started_at: r.try_get("cycle_started_at")?,
+                queued_at: r.try_get("queued_at")?,
+                content_type: r.try_get("content_type")?,
+                headers: r.try_get("headers")?,
+                auth: r.try_get("auth")?,
+                body: r.try_get("body")?,
+                file_path: r.try_get("file_path")?,
+            })
+        })
+        .collect()
+}
+
+/// The recorded result of one attempt and the state it leads to.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Delivery id.
+    pub id: Uuid,
+    /// Lease token it was claimed with.
+    pub lease: Uuid,
+    /// pending (retry), delivered or failed.
+    pub state: &'static str,
+    /// Next due time when pending.
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// When the attempt started.
+    pub started_at: OffsetDateTime,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// HTTP status, when a response arrived.
+    pub status_code: Option<i32>,
+    /// Outcome class when it failed.
+    pub error: Option<String>,
+    /// First 1 KiB of the response.
+    pub response_snippet: Option<String>,
+}
+
+/// Writes a batch of attempt outcomes: one UPDATE of the deliveries and one
+/// INSERT of the attempts, in one statement. Returns how many rows still
+/// held their lease (the others were re-claimed after a lease expiry and
+/// are left alone).
+pub async fn complete<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    batch: &[Completion],
+) -> Result<u64> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
+    let leases: Vec<Uuid> = batch.iter().map(|c| c.lease).collect();
+    let states: Vec<&str> = batch.iter().map(|c| c.state).collect();
+    let next: Vec<Option<OffsetDateTime>> = batch.iter().map(|c| c.next_attempt_at).collect();
+    let started: Vec<OffsetDateTime> = batch.iter().map(|c| c.started_at).collect();
+    let durations: Vec<i32> = batch.iter().map(|c| c.duration_ms).collect();
+    let codes: Vec<Option<i32>> = batch.iter().map(|c| c.status_code).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
+    let snippets: Vec<Option<&str>> = batch
+        .iter()
+        .map(|c| c.response_snippet.as_deref())
+        .collect();
+    let row = sqlx::query(&schema.sql(
+        "WITH u AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                  $5::timestamptz[], $6::int[], $7::int[], $8::text[], $9::text[])
+                 AS t(id, lease, state, next_at, started_at, duration_ms, status_code, error, snippet)),
+         upd AS (
+             UPDATE postback.deliveries d
+             SET state = u.state,
+                 next_attempt_at = u.next_at,
+                 lease = NULL,
+                 attempts = d.attempts + 1,
+                 cycle_attempts = d.cycle_attempts + 1,
+                 cycle_started_at = coalesce(d.cycle_started_at, u.started_at),
+                 last_attempt_at = u.started_at,
+                 last_status_code = u.status_code,
+                 last_error = u.error,
+                 completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END
+             FROM u WHERE d.id = u.id AND d.lease = u.lease
+             RETURNING d.id, d.attempts),
+         ins AS (
+             INSERT INTO postback.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet)
+             SELECT upd.id, upd.attempts, u.started_at, u.duration_ms, u.status_code, u.error, u.snippet
+             FROM upd JOIN u ON u.id = upd.id
+             RETURNING 1)
+         SELECT count(*) AS n FROM ins",
+    ))
+    .bind(&ids)
+    .bind(&leases)
+    .bind(&states)
+    .bind(&next)
+    .bind(&started)
+    .bind(&durations)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&snippets)
+    .fetch_one(db)
+    .await?;
+    let n: i64 = row.try_get("n")?;
+    Ok(n as u64)
+}
+
+/// Hands claimed deliveries back without an attempt (shutdown, or no room
+/// for their host), due at `due`.
+pub async fn release<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    items: &[(Uuid, Uuid)],
+    due: OffsetDateTime,
+) -> Result<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = items.iter().map(|i| i.0).collect();
+    let leases: Vec<Uuid> = items.iter().map(|i| i.1).collect();
+    let done = sqlx::query(&schema.sql(
+        "UPDATE postback.deliveries d SET state = 'pending', next_attempt_at = $3, lease = NULL
+         FROM unnest($1::uuid[], $2::uuid[]) AS u(id, lease)
+         WHERE d.id = u.id AND d.lease = u.lease",
+    ))
+    .bind(&ids)
+    .bind(&leases)
+    .bind(due)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The earliest due time in the queue, to sleep exactly until then.
+pub async fn next_due<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+) -> Result<Option<OffsetDateTime>> {
+    let next: Option<OffsetDateTime> = sqlx::query_scalar(&schema.sql(
+        "SELECT min(next_attempt_at) FROM postback.deliveries WHERE next_attempt_at IS NOT NULL",
+    ))
+    .fetch_one(db)
+    .await?;
+    Ok(next)
+}
