@@ -393,7 +393,7 @@ mod tests {
         };
         assert!(insecure.validate_api().is_ok());
         let bad_secret = Config {
-            signing_secret: Some("nope".into()),
+            signing_secret: Some("not base64!".into()),
             ..Config::default()
         };
         assert_eq!(

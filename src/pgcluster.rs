@@ -251,17 +251,18 @@ impl Cluster {
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: PATH first, then
 /// the newest version under /usr/lib/postgresql.
 pub fn find_server_binaries() -> Option<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
-    if let Some(path) = std::env::var_os("PATH") {
+    find_server_binaries_in(std::env::var_os("PATH"), Path::new("/usr/lib/postgresql"))
+}
+
+/// [`find_server_binaries`] over a given PATH value and versions root.
+pub fn find_server_binaries_in(path: Option<std::ffi::OsString>, versions_root: &Path) -> Option<PathBuf> {
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    if let Some(path) = path {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d)) {
             return Some(dir);
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(versions_root)
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -360,4 +361,40 @@ fn ensure_traversable(root: &Path, uid: u32) -> Result<(), ClusterError> {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bin(dir: &Path) {
+        fs::create_dir_all(dir).ok();
+        for b in ["initdb", "pg_ctl", "postgres"] {
+            fs::write(dir.join(b), "").ok();
+        }
+    }
+
+    #[test]
+    fn binaries_are_found_on_path_first_then_the_newest_version() {
+        let root = std::env::temp_dir().join(format!("pb-bins-{}", uuid::Uuid::new_v4()));
+        let on_path = root.join("path-bin");
+        let versions = root.join("lib");
+        fake_bin(&versions.join("13/bin"));
+        fake_bin(&versions.join("16/bin"));
+        fs::create_dir_all(versions.join("17/bin")).ok(); // incomplete: skipped
+        assert_eq!(find_server_binaries_in(None, &versions), Some(versions.join("16/bin")));
+        fake_bin(&on_path);
+        let path = std::env::join_paths([root.join("nothing"), on_path.clone()]).ok();
+        assert_eq!(find_server_binaries_in(path, &versions), Some(on_path));
+        let empty = root.join("empty");
+        assert_eq!(find_server_binaries_in(None, &empty), None);
+        fs::remove_dir_all(&root).ok();
+    }
+
+    #[test]
+    fn missing_binaries_message_names_both_ways_out() {
+        let text = ClusterError::NoBinaries.to_string();
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(text.contains("install the PostgreSQL server"), "{text}");
+    }
 }

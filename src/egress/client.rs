@@ -207,7 +207,7 @@ impl Egress {
             Some(Host::Ipv4(v4)) => return self.check_literal(IpAddr::V4(v4), url),
             Some(Host::Ipv6(v6)) => return self.check_literal(IpAddr::V6(v6), url),
             Some(Host::Domain(name)) if !name.is_empty() => name,
-            _ => return Err(BlockedDestination::policy("").into()),
+            _ => return Err(BlockedDestination::policy(url.as_str()).into()),
         };
         if self.settings.proxy.is_none() {
             return Ok(());
@@ -253,5 +253,478 @@ impl Egress {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every socket here is a loopback listener bound by the test itself;
+    //! the resolver has no name server, so no packet leaves 127.0.0.0/8.
+    use super::*;
+    use crate::egress::resolver::is_blocked;
+    use crate::egress::resolver::tests::offline;
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const MAX_CONNECTIONS: usize = 16;
+
+    async fn bounded<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("test exceeded 20s")
+    }
+
+    fn allow_loopback() -> Arc<EgressPolicy> {
+        Arc::new(EgressPolicy::new(
+            vec!["127.0.0.0/8".parse().expect("net")],
+            vec![],
+        ))
+    }
+
+    fn egress(settings: EgressSettings) -> Egress {
+        let resolver = offline((*settings.policy).clone(), settings.source_addr);
+        Egress::with_resolver(settings, Duration::from_secs(2), resolver).expect("client")
+    }
+
+    /// A parsed request head.
+    struct Head {
+        request_line: String,
+        headers: Vec<(String, String)>,
+    }
+
+    impl Head {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Reads one request head and its Content-Length body; None at EOF.
+    async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+        r: &mut R,
+    ) -> Option<(Head, Vec<u8>)> {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).await.ok()? == 0 {
+            return None;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (n, v) = line.split_once(':')?;
+            headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            if headers.len() > 100 {
+                return None;
+            }
+        }
+        let head = Head {
+            request_line: request_line.trim_end().to_owned(),
+            headers,
+        };
+        let len: usize = head
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len.min(1 << 20)];
+        r.read_exact(&mut body).await.ok()?;
+        Some((head, body))
+    }
+
+    /// A callback receiver on 127.0.0.1: records peers and request lines,
+    /// answers 302 on /redirect and 200 otherwise.
+    struct Receiver {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<(SocketAddr, String)>>>,
+    }
+
+    impl Receiver {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let (c, reqs) = (connections.clone(), requests.clone());
+            tokio::spawn(async move {
+                for _ in 0..MAX_CONNECTIONS {
+                    let Ok((stream, peer)) = listener.accept().await else {
+                        return;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let reqs = reqs.clone();
+                    tokio::spawn(async move {
+                        let mut stream = BufReader::new(stream);
+                        while let Some((head, _body)) = read_request(&mut stream).await {
+                            reqs.lock()
+                                .expect("lock")
+                                .push((peer, head.request_line.clone()));
+                            let response: &[u8] = if head.request_line.contains(" /redirect") {
+                                b"HTTP/1.1 302 Found\r\nlocation: /landed\r\ncontent-length: 0\r\n\r\n"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            };
+                            if stream.get_mut().write_all(response).await.is_err() {
+                                return;
+                            }
+                            if head.header("connection") == Some("close") {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                addr,
+                connections,
+                requests,
+            }
+        }
+
+        fn port(&self) -> u16 {
+            self.addr.port()
+        }
+
+        fn requests(&self) -> Vec<(SocketAddr, String)> {
+            self.requests.lock().expect("lock").clone()
+        }
+    }
+
+    /// A forward HTTP proxy on 127.0.0.1 that only forwards to loopback
+    /// targets: reads an absolute-form request, sends it on in origin form
+    /// with `connection: close`, relays the response, counts requests.
+    struct ForwardProxy {
+        url: Url,
+        forwarded: Arc<AtomicUsize>,
+    }
+
+    impl ForwardProxy {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let forwarded = Arc::new(AtomicUsize::new(0));
+            let count = forwarded.clone();
+            tokio::spawn(async move {
+                for _ in 0..MAX_CONNECTIONS {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let mut client = BufReader::new(stream);
+                        let Some((head, body)) = read_request(&mut client).await else {
+                            return;
+                        };
+                        let mut parts = head.request_line.split(' ');
+                        let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+                            return;
+                        };
+                        let Ok(target) = Url::parse(target) else {
+                            return;
+                        };
+                        let upstream_ip: IpAddr = match target.host() {
+                            Some(Host::Domain("localhost")) => [127, 0, 0, 1].into(),
+                            Some(Host::Ipv4(v4)) if v4.is_loopback() => v4.into(),
+                            _ => {
+                                let _ = client
+                                    .get_mut()
+                                    .write_all(
+                                        b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n",
+                                    )
+                                    .await;
+                                return;
+                            }
+                        };
+                        let port = target.port_or_known_default().unwrap_or(80);
+                        let Ok(mut upstream) = TcpStream::connect((upstream_ip, port)).await else {
+                            return;
+                        };
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let mut out = format!(
+                            "{method} {} HTTP/1.1\r\n",
+                            &target[url::Position::BeforePath..]
+                        );
+                        for (n, v) in &head.headers {
+                            if !n.eq_ignore_ascii_case("connection")
+                                && !n.eq_ignore_ascii_case("proxy-connection")
+                            {
+                                out.push_str(&format!("{n}: {v}\r\n"));
+                            }
+                        }
+                        out.push_str("connection: close\r\n\r\n");
+                        let mut bytes = out.into_bytes();
+                        bytes.extend_from_slice(&body);
+                        if upstream.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        let mut response = Vec::new();
+                        let _ = upstream.read_to_end(&mut response).await;
+                        let _ = client.get_mut().write_all(&response).await;
+                    });
+                }
+            });
+            Self {
+                url: Url::parse(&format!("http://{addr}")).expect("proxy url"),
+                forwarded,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn name_resolving_to_loopback_is_blocked_before_connecting() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let eg = egress(EgressSettings::default());
+            let url = Url::parse(&format!("http://localhost:{}/", rx.port())).expect("url");
+            eg.preflight(&url)
+                .await
+                .expect("names are checked at connect time");
+            let err = eg
+                .client()
+                .get(url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .expect_err("must be refused");
+            assert!(is_blocked(&err), "not recognised as blocked: {err:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(rx.connections.load(Ordering::SeqCst), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn allowed_loopback_is_delivered() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let eg = egress(EgressSettings {
+                policy: allow_loopback(),
+                ..Default::default()
+            });
+            let url = Url::parse(&format!("http://localhost:{}/hook", rx.port())).expect("url");
+            eg.preflight(&url).await.expect("preflight");
+            let resp = eg
+                .client()
+                .post(url)
+                .body("{}")
+                .send()
+                .await
+                .expect("delivered");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.text().await.expect("body"), "ok");
+            let reqs = rx.requests();
+            assert_eq!(reqs.len(), 1);
+            assert_eq!(reqs[0].1, "POST /hook HTTP/1.1");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn connections_leave_from_the_source_address() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let source: IpAddr = [127, 0, 0, 7].into();
+            let eg = egress(EgressSettings {
+                source_addr: Some(source),
+                policy: allow_loopback(),
+                ..Default::default()
+            });
+            assert_eq!(eg.describe(), vec!["127.0.0.7".to_owned()]);
+            let url = format!("http://localhost:{}/", rx.port());
+            let resp = eg.client().get(&url).send().await.expect("delivered");
+            assert_eq!(resp.status(), 200);
+            let reqs = rx.requests();
+            assert_eq!(reqs.len(), 1);
+            assert_eq!(reqs[0].0.ip(), source);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn redirects_are_returned_not_followed() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let eg = egress(EgressSettings {
+                policy: allow_loopback(),
+                ..Default::default()
+            });
+            let url = format!("http://127.0.0.1:{}/redirect", rx.port());
+            let resp = eg.client().get(&url).send().await.expect("response");
+            assert_eq!(resp.status(), 302);
+            assert_eq!(
+                resp.headers().get("location").map(|v| v.as_bytes()),
+                Some(&b"/landed"[..])
+            );
+            let reqs = rx.requests();
+            assert_eq!(reqs.len(), 1, "{reqs:?}");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn delivery_through_a_proxy() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let proxy = ForwardProxy::start().await;
+            let url =
+                Url::parse(&format!("http://localhost:{}/via-proxy", rx.port())).expect("url");
+            // `localhost` is 127.0.0.1 and ::1: with a proxy, every address
+            // must be permitted, so allowing 127/8 alone is not enough.
+            let v4_only = egress(EgressSettings {
+                proxy: Some(proxy.url.clone()),
+                policy: allow_loopback(),
+                ..Default::default()
+            });
+            assert!(matches!(
+                v4_only.preflight(&url).await,
+                Err(PreflightError::Blocked(_))
+            ));
+            let eg = egress(EgressSettings {
+                proxy: Some(proxy.url.clone()),
+                policy: Arc::new(EgressPolicy::new(
+                    vec![
+                        "127.0.0.0/8".parse().expect("net"),
+                        "::1/128".parse().expect("net"),
+                    ],
+                    vec![],
+                )),
+                ..Default::default()
+            });
+            eg.preflight(&url).await.expect("allowed target");
+            let resp = eg
+                .client()
+                .post(url)
+                .body("x")
+                .send()
+                .await
+                .expect("delivered");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(proxy.forwarded.load(Ordering::SeqCst), 1);
+            let reqs = rx.requests();
+            assert_eq!(reqs.len(), 1);
+            assert_eq!(reqs[0].1, "POST /via-proxy HTTP/1.1");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn proxy_preflight_refuses_internal_targets() {
+        bounded(async {
+            let rx = Receiver::start().await;
+            let proxy = ForwardProxy::start().await;
+            // The proxy itself is on loopback: trusted, so the client is built.
+            let eg = egress(EgressSettings {
+                proxy: Some(proxy.url.clone()),
+                ..Default::default()
+            });
+            for raw in [
+                format!("http://localhost:{}/", rx.port()),
+                format!("http://127.0.0.1:{}/", rx.port()),
+                format!("http://[::ffff:127.0.0.1]:{}/", rx.port()),
+            ] {
+                let url = Url::parse(&raw).expect("url");
+                match eg.preflight(&url).await {
+                    Err(e @ PreflightError::Blocked(_)) => assert!(is_blocked(&e), "{e}"),
+                    other => panic!("{raw}: {other:?}"),
+                }
+            }
+            let unknown = Url::parse("http://no-such-host.invalid/").expect("url");
+            assert!(matches!(
+                eg.preflight(&unknown).await,
+                Err(PreflightError::Unresolvable { .. })
+            ));
+            assert_eq!(proxy.forwarded.load(Ordering::SeqCst), 0);
+            assert_eq!(rx.connections.load(Ordering::SeqCst), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn literal_preflight_uses_current_policy_and_source_family() {
+        bounded(async {
+            let eg = egress(EgressSettings::default());
+            for raw in [
+                "http://127.0.0.1:1/",
+                "http://[::1]/",
+                "http://169.254.169.254/",
+            ] {
+                let url = Url::parse(raw).expect("url");
+                assert!(
+                    matches!(eg.preflight(&url).await, Err(PreflightError::Blocked(_))),
+                    "{raw}"
+                );
+            }
+            // Checked without connecting anywhere.
+            let public = Url::parse("http://192.88.98.1/").expect("url");
+            eg.preflight(&public).await.expect("public literal");
+
+            let pinned = egress(EgressSettings {
+                source_addr: Some([127, 0, 0, 1].into()),
+                policy: Arc::new(EgressPolicy::new(
+                    vec![
+                        "127.0.0.0/8".parse().expect("net"),
+                        "::1/128".parse().expect("net"),
+                    ],
+                    vec![],
+                )),
+                ..Default::default()
+            });
+            let v6 = Url::parse("http://[::1]:1/").expect("url");
+            match pinned.preflight(&v6).await {
+                Err(PreflightError::Blocked(b)) => assert_eq!(b.reason, BlockReason::AddressFamily),
+                other => panic!("{other:?}"),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn settings_errors_name_the_setting() {
+        let ok = build_client(&EgressSettings::default(), Duration::from_secs(1));
+        assert!(ok.is_ok());
+        assert!(
+            Egress::new(EgressSettings::default(), Duration::from_secs(1))
+                .expect("egress")
+                .describe()
+                .is_empty()
+        );
+
+        let err = build_client(
+            &EgressSettings {
+                source_addr: Some("192.0.2.44".parse().expect("ip")),
+                ..Default::default()
+            },
+            Duration::from_secs(1),
+        )
+        .expect_err("not a local address");
+        assert!(
+            err.to_string().contains("POSTBACK_EGRESS_SOURCE_ADDR"),
+            "{err}"
+        );
+
+        let err = build_client(
+            &EgressSettings {
+                proxy: Some(Url::parse("socks5://127.0.0.1:1080").expect("url")),
+                ..Default::default()
+            },
+            Duration::from_secs(1),
+        )
+        .expect_err("socks unsupported");
+        assert!(err.to_string().contains("POSTBACK_EGRESS_PROXY"), "{err}");
+        assert_eq!(
+            redact(&Url::parse("http://u:secret@proxy:3128").expect("url")),
+            "http://u:***@proxy:3128/"
+        );
     }
 }

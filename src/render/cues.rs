@@ -171,18 +171,25 @@ pub(crate) mod tests {
 
     #[test]
     fn eighty_four_character_limit_with_exact_boundary() {
-        // 14 words of 5 chars + 13 spaces = 83; one more "x" word makes 85.
-        let mut words: Vec<Word> = (0..14).map(|i| w(i, i + 1, "abcde")).collect();
-        assert_eq!(texts(&cues(&words))[0].chars().count(), 83);
-        words.push(w(20, 21, "y"));
-        let c = cues(&words);
-        assert_eq!(c[0].text.chars().count(), 84); // 83 + " y"
+        // 13 words of 5 chars + 12 spaces = 77 characters.
+        let base: Vec<Word> = (0..13).map(|i| w(i, i + 1, "abcde")).collect();
+        let with = |extra: &[&str]| {
+            let mut words = base.clone();
+            words.extend(extra.iter().map(|t| w(20, 21, t)));
+            cues(&words)
+        };
+        // " abcdef" brings it to exactly 84: one cue.
+        let c = with(&["abcdef"]);
         assert_eq!(c.len(), 1);
-        words.push(w(22, 23, "z"));
-        let c = cues(&words);
-        assert_eq!(c.len(), 2);
         assert_eq!(c[0].text.chars().count(), 84);
-        assert_eq!(c[1].text, "z");
+        // " abcdefg" would make 85: the word starts the next cue.
+        let c = with(&["abcdefg"]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].text.chars().count(), 77);
+        assert_eq!(c[1].text, "abcdefg");
+        // At 84, even an attaching "," does not fit.
+        let c = with(&["abcdef", ","]);
+        assert_eq!(texts(&c)[1], ",");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each `format` (`json`, `text`, `srt`, `webvtt`, `dfxp`) with its exact
 //! Content-Type, and the analytics / failed-job JSON documents.
 //!
-//! One file per concern: [`words`](self) cleans and joins words, [`cues`]
+//! One file per concern: `words` cleans and joins words, [`cues`](mod@cues)
 //! groups them into timed cues, [`text`], [`srt`], [`webvtt`] and [`dfxp`]
 //! write one format each, [`analytics`] builds the JSON bodies.
 //!

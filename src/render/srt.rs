@@ -3,7 +3,7 @@
 //! blocks separated by one blank line, `\n` line ends, UTF-8 without BOM.
 //!
 //! SubRip has no escaping. Cue text is already a single non-empty line (see
-//! [`crate::render::cues`]), so it cannot hold a blank line; the one thing
+//! [`cues`](mod@crate::render::cues)), so it cannot hold a blank line; the one thing
 //! left to neutralise is `-->`, which readers take for a timing line: any run
 //! of two or more `-` followed by `>` is written as `->`. `<`, `>` and `&`
 //! are written as they are (SubRip readers show them literally, apart from

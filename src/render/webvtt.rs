@@ -1,5 +1,5 @@
-//! The `webvtt` transcript format (`text/vtt`): a `WEBVTT` header line,
-//! then one block per cue after a blank line: a numeric cue identifier, an
+//! The `webvtt` transcript format (`text/vtt`): a `WEBVTT` header line and
+//! a blank line, then one block per cue, blocks separated by a blank line: a numeric cue identifier, an
 //! `HH:MM:SS.mmm --> HH:MM:SS.mmm` timing line and one text line. `\n` line
 //! ends, UTF-8 without BOM.
 //!
@@ -18,14 +18,18 @@ use crate::render::cues::{push_clock, Cue};
 /// Content-Type of the `webvtt` format.
 pub const CONTENT_TYPE: &str = "text/vtt";
 
-/// Renders cues as a WebVTT document (just the header for no cues).
+/// Renders cues as a WebVTT document (the header and a blank line for no
+/// cues: some readers insist on the blank line).
 pub fn render(cues: &[Cue]) -> String {
     let capacity = 8 + cues.iter().map(|c| c.text.len() + 48).sum::<usize>();
     let mut out = String::with_capacity(capacity);
-    out.push_str("WEBVTT\n");
+    out.push_str("WEBVTT\n\n");
     for (i, cue) in cues.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
         // Writing into a String cannot fail.
-        let _ = writeln!(out, "\n{}", i + 1);
+        let _ = writeln!(out, "{}", i + 1);
         push_clock(&mut out, cue.start_ms, '.');
         out.push_str(" --> ");
         push_clock(&mut out, cue.end_ms.max(cue.start_ms), '.');
@@ -79,7 +83,7 @@ mod tests {
             "WEBVTT\n\n1\n00:00:01.370 --> 00:00:02.000\nHi there.\n\n\
              2\n01:02:03.004 --> 01:02:04.000\nLater\n"
         );
-        assert_eq!(render(&[]), "WEBVTT\n");
+        assert_eq!(render(&[]), "WEBVTT\n\n");
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! Integration tests: real PostgreSQL, real HTTP over loopback, the same
+//! process assembly as the `postback` binary. One binary so the cluster
+//! starts once; each test gets its own database.
+
+mod helpers;
+
+mod foundation;
