@@ -191,8 +191,12 @@ impl Process {
             tasks.spawn(async move { dispatcher.run(stop).await.map_err(anyhow::Error::from) });
         }
         tasks.spawn(
-            crate::metrics::run_gauges(self.pool.clone(), schema, shutdown.clone()).map_ok(),
+            crate::metrics::run_gauges(self.pool.clone(), schema.clone(), shutdown.clone())
+                .map_ok(),
         );
+        if self.role == Role::Serve {
+            tasks.spawn(run_retention(self.pool.clone(), schema, shutdown.clone()).map_ok());
+        }
         #[cfg(feature = "api")]
         if let Some(listener) = self.api.take() {
             let state = crate::api::AppState {
@@ -255,6 +259,35 @@ impl<F: std::future::Future<Output = ()> + Send> MapOk for F {
         async move {
             self.await;
             Ok(())
+        }
+    }
+}
+
+/// How often `serve` purges expired rows, and how many per statement.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const RETENTION_BATCH: i64 = 500;
+
+/// Purges expired jobs and deliveries in small batches until `shutdown`.
+async fn run_retention(pool: PgPool, schema: Schema, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match store::admin::purge_expired_batch(&pool, &schema, RETENTION_BATCH).await {
+                Ok(p) if p.jobs == 0 && p.deliveries == 0 => break,
+                Ok(p) => tracing::info!(jobs = p.jobs, deliveries = p.deliveries, "purged expired"),
+                Err(err) => {
+                    tracing::debug!(%err, "retention pass failed; next tick retries");
+                    break;
+                }
+            }
         }
     }
 }

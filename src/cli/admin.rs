@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::Failure;
 use crate::config::{parse_duration, Config};
 use crate::intake::Postback;
+use crate::store::admin::Filter;
 use crate::store::{self, Schema};
 
 /// Where the database is.
@@ -135,72 +136,123 @@ fn library(db: &DbArgs) -> Postback {
     })
 }
 
+fn filter(
+    status: Option<String>,
+    since: Option<Duration>,
+    host: Option<String>,
+    job: Option<String>,
+    limit: i64,
+) -> Filter {
+    Filter {
+        status,
+        since: since.map(|d| time::OffsetDateTime::now_utc() - d),
+        host,
+        job,
+        limit,
+    }
+}
+
+/// `N/s` or `N` (deliveries per second), N > 0.
+fn parse_rate(raw: &str) -> Result<f64, Failure> {
+    let number = raw.trim().trim_end_matches("/s");
+    match number.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(Failure::usage(anyhow!(
+            "--rate {raw:?} is not a rate; use deliveries per second such as 50/s"
+        ))),
+    }
+}
+
 /// `postback deliveries list|show`.
 pub async fn deliveries(cmd: DeliveriesCommand) -> Result<(), Failure> {
     match cmd {
-        DeliveriesCommand::Show(args) => {
-            let id = parse_id(&args.id)?;
-            let (pool, _) = args.db.connect().await?;
-            let view = library(&args.db)
-                .delivery(&pool, id)
-                .await
-                .map_err(|e| match e {
-                    crate::Error::NotFound { .. } => Failure::runtime(e),
-                    other => Failure::runtime(other),
-                })?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("delivery  {}", view.delivery_id);
-                if let Some(job) = &view.job_id {
-                    println!("job       {job}");
-                }
-                println!("type      {}", view.kind);
-                println!("target    {} {}", view.method, view.url);
-                println!(
-                    "status    {} after {} attempt(s)",
-                    view.status, view.attempt_count
-                );
-                if let Some(next) = view.next_attempt_time {
-                    println!("next      {next}");
-                }
-                for a in &view.attempts {
-                    println!(
-                        "  #{:<3} {}  {:>6} ms  {:<4} {}",
-                        a.attempt,
-                        a.started_at,
-                        a.duration_ms,
-                        a.status_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        a.error.as_deref().unwrap_or("ok")
-                    );
-                }
-            }
-            Ok(())
-        }
-        DeliveriesCommand::List(args) => {
-            let _ = (
-                &args.status,
-                args.since,
-                &args.host,
-                &args.job,
-                args.limit,
-                args.json,
-            );
-            let _ = args.db.connect().await?;
-            Err(Failure::runtime(anyhow!(
-                "`deliveries list` is not yet implemented"
-            )))
-        }
+        DeliveriesCommand::Show(args) => show(args).await,
+        DeliveriesCommand::List(args) => list(args).await,
     }
+}
+
+async fn show(args: ShowArgs) -> Result<(), Failure> {
+    let id = parse_id(&args.id)?;
+    let (pool, _) = args.db.connect().await?;
+    let view = library(&args.db)
+        .delivery(&pool, id)
+        .await
+        .map_err(Failure::runtime)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!("delivery  {}", view.delivery_id);
+    if let Some(job) = &view.job_id {
+        println!("job       {job}");
+    }
+    println!("type      {} ({})", view.kind, view.content_type);
+    println!("target    {} {}", view.method, view.url);
+    println!(
+        "status    {} after {} attempt(s)",
+        view.status, view.attempt_count
+    );
+    println!("queued    {}", view.queued_at);
+    if let Some(next) = view.next_attempt_time {
+        println!("next      {next}");
+    }
+    for a in &view.attempts {
+        println!(
+            "  #{:<3} {}  {:>6} ms  {:<4} {}",
+            a.attempt,
+            a.started_at,
+            a.duration_ms,
+            a.status_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            a.error.as_deref().unwrap_or("ok")
+        );
+    }
+    Ok(())
+}
+
+async fn list(args: ListArgs) -> Result<(), Failure> {
+    if args.limit <= 0 {
+        return Err(Failure::usage(anyhow!("--limit must be at least 1")));
+    }
+    let (pool, schema) = args.db.connect().await?;
+    let f = filter(args.status, args.since, args.host, args.job, args.limit);
+    let lines = store::admin::list(&pool, &schema, &f)
+        .await
+        .map_err(Failure::runtime)?;
+    if args.json {
+        for line in &lines {
+            println!("{}", serde_json::to_string(line)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<10}  {:>8}  {:<4}  {:<19}  URL",
+        "DELIVERY", "STATUS", "ATTEMPTS", "LAST", "ERROR"
+    );
+    for l in &lines {
+        println!(
+            "{:<36}  {:<10}  {:>8}  {:<4}  {:<19}  {} {}",
+            l.delivery_id,
+            l.status,
+            l.attempts,
+            l.last_status_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            l.last_error.as_deref().unwrap_or("-"),
+            l.method,
+            l.url
+        );
+    }
+    println!("{} deliveries", lines.len());
+    Ok(())
 }
 
 /// `postback replay`.
 pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
     if args.ids.is_empty() == args.status.is_none() {
         return Err(Failure::usage(anyhow!(
-            "give delivery ids, or --status failed with optional filters (not both)"
+            "give delivery ids, or --status failed with optional --since/--host/--job (not both)"
         )));
     }
     if !args.ids.is_empty() && (args.since.is_some() || args.host.is_some() || args.job.is_some()) {
@@ -208,29 +260,69 @@ pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
             "--since, --host and --job filter --status; they do not combine with ids"
         )));
     }
-    if args.status.is_some() || args.rate.is_some() {
-        return Err(Failure::runtime(anyhow!(
-            "`replay --status` and `--rate` are not yet implemented"
-        )));
-    }
+    let rate = args.rate.as_deref().map(parse_rate).transpose()?;
     let ids = args
         .ids
         .iter()
         .map(|i| parse_id(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let (pool, _) = args.db.connect().await?;
+    let (pool, schema) = args.db.connect().await?;
+    let ids = if ids.is_empty() {
+        let f = filter(args.status, args.since, args.host, args.job, i64::MAX);
+        store::admin::select_ids(&pool, &schema, &f)
+            .await
+            .map_err(Failure::runtime)?
+    } else {
+        ids
+    };
     if args.dry_run {
+        for id in &ids {
+            println!("{id}");
+        }
         println!("would replay {} deliveries", ids.len());
         return Ok(());
     }
-    let lib = library(&args.db);
-    let mut replayed = 0;
-    for id in ids {
-        lib.replay(&pool, id).await.map_err(Failure::runtime)?;
-        replayed += 1;
+    let start = time::OffsetDateTime::now_utc();
+    let mut replayed = 0usize;
+    let mut problems = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        // --rate spreads the due times, so the workers (not this command)
+        // pace the recovering receiver, and the command returns at once.
+        let due = match rate {
+            Some(r) => start + Duration::from_secs_f64(i as f64 / r),
+            None => start,
+        };
+        let outcome = store::deliveries::replay(&pool, &schema, *id, due)
+            .await
+            .map_err(Failure::runtime)?;
+        match outcome {
+            store::deliveries::Replayed::Queued => replayed += 1,
+            store::deliveries::Replayed::InFlight => {
+                problems.push(format!("{id}: being attempted right now; not replayed"))
+            }
+            store::deliveries::Replayed::Missing => {
+                problems.push(format!("{id}: no such delivery (or expired)"))
+            }
+        }
+    }
+    if replayed > 0 {
+        let mut conn = pool.acquire().await?;
+        crate::intake::notify_workers(&mut conn)
+            .await
+            .map_err(Failure::runtime)?;
+    }
+    for p in &problems {
+        eprintln!("{p}");
     }
     println!("replayed {replayed} deliveries");
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(anyhow!(
+            "{} deliveries were not replayed",
+            problems.len()
+        )))
+    }
 }
 
 /// `postback purge`.
@@ -238,8 +330,13 @@ pub async fn purge(args: PurgeArgs) -> Result<(), Failure> {
     if !args.expired {
         return Err(Failure::usage(anyhow!("say what to purge: --expired")));
     }
-    let _ = args.db.connect().await?;
-    Err(Failure::runtime(anyhow!(
-        "`purge --expired` is not yet implemented"
-    )))
+    let (pool, schema) = args.db.connect().await?;
+    let purged = store::admin::purge_expired(&pool, &schema, 1000)
+        .await
+        .map_err(Failure::runtime)?;
+    println!(
+        "purged {} expired jobs and {} expired deliveries",
+        purged.jobs, purged.deliveries
+    );
+    Ok(())
 }

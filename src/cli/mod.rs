@@ -42,6 +42,30 @@ enum Command {
     Listen(listen::ListenArgs),
 }
 
+/// The environment variable behind the flag a clap error complains about,
+/// so the message names the setting the way the operator set it.
+fn env_var_of_invalid_arg(err: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let command = Cli::command();
+    let mut stack = vec![&command];
+    while let Some(cmd) = stack.pop() {
+        for a in cmd.get_arguments() {
+            if a.get_long() == Some(long) {
+                if let Some(env) = a.get_env() {
+                    return Some(env.to_string_lossy().into_owned());
+                }
+            }
+        }
+        stack.extend(cmd.get_subcommands());
+    }
+    None
+}
+
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
@@ -79,6 +103,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
+            if let Some(var) = env_var_of_invalid_arg(&err) {
+                eprintln!("note: this setting is the flag above or the environment variable {var}");
+            }
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };

@@ -8,6 +8,7 @@
 //! keeps every statement correct on a caller's own connection, whatever its
 //! `search_path`.
 
+pub mod admin;
 pub mod deliveries;
 pub mod jobs;
 pub mod queue;
@@ -48,7 +49,7 @@ impl Schema {
     }
 
     /// `sql` with `postback.` replaced by this schema.
-    pub fn sql(&self, sql: &'static str) -> Cow<'static, str> {
+    pub fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
         if self.0 == "postback" {
             Cow::Borrowed(sql)
         } else {

@@ -1,0 +1,171 @@
+//! Operator queries: listing deliveries by filter, choosing what to replay,
+//! and purging what has expired (in small batches, so a purge never holds
+//! long locks on the hot queue).
+
+use sqlx::{PgExecutor, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Schema;
+use crate::error::Result;
+
+/// Which deliveries an operator means.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// pending, delivering, delivered, failed.
+    pub status: Option<String>,
+    /// Queued at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Destination host (exact, case-insensitive).
+    pub host: Option<String>,
+    /// Owning job.
+    pub job: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// One line of `deliveries list`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryLine {
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// Owning job.
+    pub job_id: Option<String>,
+    /// analytics, transcript, media, generic.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// POST or PUT.
+    pub method: String,
+    /// Destination.
+    pub url: String,
+    /// pending, delivering, delivered, failed.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Last HTTP status.
+    pub last_status_code: Option<i32>,
+    /// Last outcome class.
+    pub last_error: Option<String>,
+    /// When (re)queued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: OffsetDateTime,
+    /// Next attempt, when pending.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_time: Option<OffsetDateTime>,
+}
+
+const FILTER_SQL: &str = "FROM postback.deliveries d
+     WHERE d.expires_at > now()
+       AND ($1::text IS NULL OR d.state = $1)
+       AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
+       AND ($3::text IS NULL OR d.host = lower($3))
+       AND ($4::text IS NULL OR d.job_id = $4)";
+
+/// Deliveries matching `filter`, newest first.
+pub async fn list<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    filter: &Filter,
+) -> Result<Vec<DeliveryLine>> {
+    let sql = format!(
+        "SELECT d.id, d.job_id, d.kind, d.method, d.url, d.state, d.attempts, d.last_status_code, d.last_error,
+                d.queued_at, CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at
+         {FILTER_SQL} ORDER BY d.queued_at DESC, d.id DESC LIMIT $5"
+    );
+    let rows = sqlx::query(&schema.sql(&sql))
+        .bind(&filter.status)
+        .bind(filter.since)
+        .bind(&filter.host)
+        .bind(&filter.job)
+        .bind(filter.limit)
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeliveryLine {
+                delivery_id: r.try_get("id")?,
+                job_id: r.try_get("job_id")?,
+                kind: r.try_get("kind")?,
+                method: r.try_get("method")?,
+                url: r.try_get("url")?,
+                status: r.try_get("state")?,
+                attempts: r.try_get("attempts")?,
+                last_status_code: r.try_get("last_status_code")?,
+                last_error: r.try_get("last_error")?,
+                queued_at: r.try_get("queued_at")?,
+                next_attempt_time: r.try_get("next_attempt_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Ids of the deliveries matching `filter`, oldest first (replay order).
+pub async fn select_ids<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    filter: &Filter,
+) -> Result<Vec<Uuid>> {
+    let sql = format!("SELECT d.id {FILTER_SQL} ORDER BY d.queued_at, d.id LIMIT $5");
+    let ids = sqlx::query_scalar(&schema.sql(&sql))
+        .bind(&filter.status)
+        .bind(filter.since)
+        .bind(&filter.host)
+        .bind(&filter.job)
+        .bind(filter.limit)
+        .fetch_all(db)
+        .await?;
+    Ok(ids)
+}
+
+/// What one purge pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Jobs deleted (with their deliveries, payloads and attempts).
+    pub jobs: u64,
+    /// Generic deliveries deleted (with payloads and attempts).
+    pub deliveries: u64,
+}
+
+/// Deletes up to `batch` expired jobs and `batch` expired generic
+/// deliveries; call until it returns zeros.
+pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
+    db: E,
+    schema: &Schema,
+    batch: i64,
+) -> Result<Purged> {
+    let jobs = sqlx::query(&schema.sql(
+        "DELETE FROM postback.jobs WHERE id IN (
+             SELECT id FROM postback.jobs WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    ))
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected();
+    let deliveries = sqlx::query(&schema.sql(
+        "DELETE FROM postback.deliveries WHERE id IN (
+             SELECT id FROM postback.deliveries WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    ))
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(Purged { jobs, deliveries })
+}
+
+/// Purges everything expired, batch after batch.
+pub async fn purge_expired<'e, E: PgExecutor<'e> + Copy>(
+    db: E,
+    schema: &Schema,
+    batch: i64,
+) -> Result<Purged> {
+    let mut total = Purged::default();
+    loop {
+        let round = purge_expired_batch(db, schema, batch).await?;
+        total.jobs += round.jobs;
+        total.deliveries += round.deliveries;
+        if round == Purged::default() {
+            return Ok(total);
+        }
+    }
+}
