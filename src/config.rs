@@ -283,7 +283,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}; use a duration such as 150ms, 15m, 36h or 7d"))
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+/// A humantime duration longer than zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
         return Err("must be longer than 0s".to_owned());
@@ -314,7 +315,8 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
 }
 
-fn parse_proxy(s: &str) -> Result<url::Url, String> {
+/// An `http://` or `https://` proxy URL with a host.
+pub fn parse_proxy(s: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(s.trim()).map_err(|e| format!("{e}; use http://host:port"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err("must be an http:// or https:// URL with a host".to_owned());

@@ -150,7 +150,7 @@ impl Postback {
     where
         A: Acquire<'a, Database = Postgres>,
     {
-        check_result_shape(&result)?;
+        validate::job_result(&result)?;
         let mut tx = db.begin().await?;
         let job = store::jobs::find(&mut *tx, &self.schema, job_id, true)
             .await?
@@ -275,14 +275,12 @@ impl Postback {
     }
 
     async fn view(&self, conn: &mut sqlx::PgConnection, job: JobRow) -> Result<JobView> {
-        let mut callbacks =
-            store::jobs::callback_statuses(&mut *conn, &self.schema, &job.id).await?;
-        if job.status == "in_progress" {
+        let stored: Vec<StoredCallback> =
+            serde_json::from_value(job.callbacks.clone()).unwrap_or_default();
+        let callbacks = if job.status == "in_progress" {
             // Before the result no delivery exists: show the configured
             // callbacks, each with the id its delivery will carry.
-            let stored: Vec<StoredCallback> =
-                serde_json::from_value(job.callbacks.clone()).unwrap_or_default();
-            callbacks = stored
+            stored
                 .into_iter()
                 .map(|c| crate::model::CallbackStatus {
                     delivery_id: c.delivery_id,
@@ -295,8 +293,19 @@ impl Postback {
                     last_status_code: None,
                     next_attempt_time: None,
                 })
+                .collect()
+        } else {
+            let mut found =
+                store::jobs::callback_statuses(&mut *conn, &self.schema, &job.id).await?;
+            // In the order the job configured them, whatever order the ids sort in.
+            let order: std::collections::HashMap<Uuid, usize> = stored
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.delivery_id, i))
                 .collect();
-        }
+            found.sort_by_key(|c| order.get(&c.delivery_id).copied().unwrap_or(usize::MAX));
+            found
+        };
         let result: Option<JobResult> = job
             .result
             .clone()
@@ -417,38 +426,6 @@ pub async fn notify_workers(conn: &mut sqlx::PgConnection) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn check_result_shape(result: &JobResult) -> Result<()> {
-    match result.status {
-        ResultStatus::Finished if result.error.is_some() => Err(Error::invalid(
-            "invalid_field",
-            "error",
-            "only a failed result carries an error; remove it or set \"status\": \"failed\"",
-        )),
-        ResultStatus::Failed if result.error.is_none() => Err(Error::invalid(
-            "invalid_field",
-            "error",
-            "a failed result needs {\"code\", \"message\"} saying why",
-        )),
-        ResultStatus::Failed if result.result.is_some() => Err(Error::invalid(
-            "invalid_field",
-            "result",
-            "a failed result carries error instead of result",
-        )),
-        _ => {
-            for (i, s) in result.streams.iter().enumerate() {
-                if s.stream_name != "original" && s.stream_name != "redacted-audio" {
-                    return Err(Error::invalid(
-                        "invalid_field",
-                        format!("streams[{i}].streamName"),
-                        "must be original or redacted-audio",
-                    ));
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> Result<String> {

@@ -55,5 +55,31 @@ pub mod validate;
 
 pub use config::Config;
 pub use delivery::Dispatcher;
+pub use delivery::Waker;
 pub use error::{Error, Result};
 pub use intake::Postback;
+pub use model::{
+    CallbackAuth, CallbackSpec, CallbackType, Include, JobError, JobOutput, JobResult, JobView,
+    MediaStream, Method, NewDelivery, NewJob, Publish, ResultStatus, StreamName, Transcript,
+    TranscriptFormat, Word,
+};
+pub use runtime::signing_secret;
+pub use store::Schema;
+
+/// Applies Postback's migrations in the default `postback` schema, on the
+/// caller's own pool; the connection's `search_path` is left as it was, so
+/// Postback's tables never mix with the caller's.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> postback::Result<()> {
+/// postback::migrate(&pool).await?;
+/// # Ok(()) }
+/// ```
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<()> {
+    store::migrate(pool, &Schema::default()).await
+}
+
+/// [`migrate`] into another schema (see `Config::db_schema`).
+pub async fn migrate_in(pool: &sqlx::PgPool, schema: &Schema) -> Result<()> {
+    store::migrate(pool, schema).await
+}

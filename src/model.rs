@@ -11,6 +11,7 @@ use serde_json::Value;
 
 /// HTTP method of a callback (SPEC §2: POST by default, or PUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     /// `POST` (the default).
@@ -32,6 +33,7 @@ impl Method {
 
 /// What a callback carries (SPEC §2 "What a callback carries").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CallbackType {
     /// The VoiceBase-style JSON document with everything the job produced.
@@ -56,6 +58,7 @@ impl CallbackType {
 
 /// Transcript rendering of a `transcript` callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TranscriptFormat {
     /// The transcript object as JSON.
@@ -73,6 +76,7 @@ pub enum TranscriptFormat {
 
 /// Sections an analytics callback may be limited to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Include {
     /// `transcript` (with its `alternateFormats`).
@@ -91,6 +95,7 @@ pub enum Include {
 
 /// Media stream a `media` callback sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum StreamName {
     /// The recording as received.
@@ -112,7 +117,8 @@ impl StreamName {
 
 /// Per-callback authentication (SPEC §2 `auth`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CallbackAuth {
     /// A fresh HS256 JWT on every attempt in `Authorization`.
     Jwt {
@@ -130,6 +136,7 @@ fn default_scheme() -> String {
 
 /// One entry of `publish.callbacks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CallbackSpec {
     /// Destination; `http` or `https` with a host.
@@ -143,7 +150,7 @@ pub struct CallbackSpec {
     /// Transcript format (transcript callbacks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<TranscriptFormat>,
-    /// Sections of an analytics callback; `None` means everything.
+    /// Sections of an analytics callback; omitted means everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include: Option<Vec<Include>>,
     /// Stream of a media callback.
@@ -159,6 +166,7 @@ pub struct CallbackSpec {
 
 /// `publish` section of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Publish {
     /// Callbacks to make when the job's result arrives.
@@ -168,6 +176,17 @@ pub struct Publish {
 
 /// Body of `POST /v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "api", schema(example = json!({
+    "jobId": "0190b6a2-7c1e-7d4a-9c55-1f2e3d4c5b6a",
+    "metadata": {"customer": "acme"},
+    "publish": {"callbacks": [
+        {"url": "https://example.org/callback"},
+        {"url": "https://example.org/cb/srt", "method": "PUT", "type": "transcript", "format": "srt"},
+        {"url": "https://example.org/cb/media", "method": "PUT", "type": "media", "stream": "original",
+         "headers": {"x-api-key": "abc"}}
+    ]}
+})))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewJob {
     /// Caller's id; a UUIDv7 is made when absent.
@@ -183,6 +202,7 @@ pub struct NewJob {
 
 /// One recognised word (SPEC §2; times in milliseconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct Word {
     /// Position in the transcript.
     #[serde(default)]
@@ -200,6 +220,7 @@ pub struct Word {
 
 /// The transcript of a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 pub struct Transcript {
     /// Overall confidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +235,8 @@ pub struct Transcript {
 
 /// `result` of a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobOutput {
     /// The transcript.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +254,7 @@ pub struct JobOutput {
 
 /// A media stream produced by the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MediaStream {
     /// `original` or `redacted-audio`.
@@ -249,6 +272,7 @@ pub struct MediaStream {
 
 /// Outcome of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ResultStatus {
     /// The job produced a result.
@@ -259,6 +283,7 @@ pub enum ResultStatus {
 
 /// Error of a failed job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobError {
     /// Machine-readable code.
@@ -269,6 +294,16 @@ pub struct JobError {
 
 /// Body of `POST /v1/jobs/{jobId}/result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "api", schema(example = json!({
+    "status": "finished",
+    "result": {
+        "transcript": {"confidence": 0.91, "words": [{"p": 0, "s": 1370, "e": 1609, "c": 0.263, "w": "Hi"}]},
+        "knowledge": {}, "prediction": {}, "spotting": {}
+    },
+    "streams": [{"streamName": "original", "path": "/srv/media/a.mp3", "contentType": "audio/mpeg",
+                 "location": "https://media.example.org/a.mp3"}]
+})))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobResult {
     /// `finished` or `failed`.
@@ -286,6 +321,7 @@ pub struct JobResult {
 
 /// State of one callback's delivery as a customer polls it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CallbackStatus {
     /// The delivery id (also the `webhook-id` header).
@@ -293,11 +329,14 @@ pub struct CallbackStatus {
     /// Destination.
     pub url: String,
     /// POST or PUT.
+    #[cfg_attr(feature = "api", schema(value_type = Method))]
     pub method: String,
     /// analytics, transcript or media.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "api", schema(value_type = CallbackType))]
     pub kind: String,
     /// pending, delivering, delivered or failed.
+    #[cfg_attr(feature = "api", schema(value_type = DeliveryState))]
     pub status: String,
     /// Attempts made so far.
     pub attempts: i32,
@@ -322,6 +361,7 @@ pub struct CallbackStatus {
 
 /// A job as `GET /v1/jobs/{jobId}` answers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     /// The job id.
@@ -333,6 +373,7 @@ pub struct JobView {
     #[serde(with = "time::serde::rfc3339")]
     pub expiration_time: time::OffsetDateTime,
     /// InProgress, Completed or Failed.
+    #[cfg_attr(feature = "api", schema(value_type = JobStatus))]
     pub status: String,
     /// Metadata given at creation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -340,8 +381,9 @@ pub struct JobView {
     /// The result, once Completed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub result: Option<Value>,
-    /// The error, once Failed.
+    /// The error, once Failed: `{"code", "message"}`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[cfg_attr(feature = "api", schema(value_type = Option<JobError>))]
     pub error: Option<Value>,
     /// Each callback and its delivery state.
     pub callbacks: Vec<CallbackStatus>,
@@ -349,6 +391,7 @@ pub struct JobView {
 
 /// One HTTP attempt of a delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {
     /// 1-based attempt number over the delivery's whole life.
@@ -368,6 +411,7 @@ pub struct AttemptView {
 
 /// A delivery with every attempt (`GET /v1/deliveries/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     /// The delivery id (`webhook-id`).
@@ -377,16 +421,19 @@ pub struct DeliveryView {
     pub job_id: Option<String>,
     /// analytics, transcript, media or generic.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "api", schema(value_type = DeliveryKind))]
     pub kind: String,
     /// Destination.
     pub url: String,
     /// POST or PUT.
+    #[cfg_attr(feature = "api", schema(value_type = Method))]
     pub method: String,
     /// Content-Type of the body.
     pub content_type: String,
     /// Caller headers, values masked as `***`.
     pub headers: BTreeMap<String, String>,
     /// pending, delivering, delivered or failed.
+    #[cfg_attr(feature = "api", schema(value_type = DeliveryState))]
     pub status: String,
     /// Attempts made so far.
     pub attempt_count: i32,
@@ -413,6 +460,11 @@ pub struct DeliveryView {
 
 /// Body of `POST /v1/deliveries`: any callback outside the job flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "api", schema(example = json!({
+    "url": "https://example.org/hook", "method": "POST",
+    "headers": {"x-api-key": "abc"}, "json": {"event": "ping"}
+})))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewDelivery {
     /// Destination.
@@ -437,4 +489,79 @@ pub struct NewDelivery {
     /// Body as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<Value>,
+}
+
+/// Answer of `POST /v1/deliveries` and `POST /v1/deliveries/{id}/replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAccepted {
+    /// The delivery id (`webhook-id`).
+    pub delivery_id: uuid::Uuid,
+}
+
+/// `GET /v1/egress`: what customers allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct EgressView {
+    /// Local addresses every outbound connection binds to.
+    #[cfg_attr(feature = "api", schema(value_type = Vec<String>, example = json!(["203.0.113.7"])))]
+    pub source_addresses: Vec<std::net::IpAddr>,
+    /// Addresses callbacks arrive from, as the receiver sees them.
+    #[cfg_attr(feature = "api", schema(value_type = Vec<String>, example = json!(["203.0.113.7"])))]
+    pub public_addresses: Vec<std::net::IpAddr>,
+}
+
+/// A job's status as polling shows it (`JobView::status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+pub enum JobStatus {
+    /// Registered, no result yet.
+    InProgress,
+    /// The result arrived; its callbacks are queued.
+    Completed,
+    /// The job failed; its analytics callbacks are queued.
+    Failed,
+}
+
+impl JobStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::InProgress => "InProgress",
+            JobStatus::Completed => "Completed",
+            JobStatus::Failed => "Failed",
+        }
+    }
+}
+
+/// A delivery's state (`status` of callbacks and deliveries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt is in flight.
+    Delivering,
+    /// A 2xx arrived.
+    Delivered,
+    /// Given up after the schedule ran out.
+    Failed,
+}
+
+/// What a delivery carries (`type` of a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryKind {
+    /// A job's analytics callback.
+    Analytics,
+    /// A job's transcript callback.
+    Transcript,
+    /// A job's media callback.
+    Media,
+    /// A delivery queued with `POST /v1/deliveries`.
+    Generic,
 }

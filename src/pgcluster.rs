@@ -255,8 +255,15 @@ pub fn find_server_binaries() -> Option<PathBuf> {
 }
 
 /// [`find_server_binaries`] over a given PATH value and versions root.
-pub fn find_server_binaries_in(path: Option<std::ffi::OsString>, versions_root: &Path) -> Option<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+pub fn find_server_binaries_in(
+    path: Option<std::ffi::OsString>,
+    versions_root: &Path,
+) -> Option<PathBuf> {
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     if let Some(path) = path {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d)) {
             return Some(dir);
@@ -382,7 +389,10 @@ mod tests {
         fake_bin(&versions.join("13/bin"));
         fake_bin(&versions.join("16/bin"));
         fs::create_dir_all(versions.join("17/bin")).ok(); // incomplete: skipped
-        assert_eq!(find_server_binaries_in(None, &versions), Some(versions.join("16/bin")));
+        assert_eq!(
+            find_server_binaries_in(None, &versions),
+            Some(versions.join("16/bin"))
+        );
         fake_bin(&on_path);
         let path = std::env::join_paths([root.join("nothing"), on_path.clone()]).ok();
         assert_eq!(find_server_binaries_in(path, &versions), Some(on_path));

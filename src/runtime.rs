@@ -174,6 +174,11 @@ impl Process {
         &self.database_url
     }
 
+    /// The Prometheus handle, when this process installed the recorder.
+    pub fn metrics_handle(&self) -> Option<&metrics_exporter_prometheus::PrometheusHandle> {
+        self.metrics.as_ref()
+    }
+
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -302,7 +307,9 @@ async fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, St
         })
 }
 
-async fn signing_secret(
+/// The signing secret of `config`, or the one stored in the database
+/// (generated and stored on first use, so every process agrees).
+pub async fn signing_secret(
     config: &Config,
     pool: &PgPool,
     schema: &Schema,

@@ -8,7 +8,11 @@ use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::egress::{check_destination, EgressPolicy};
 use crate::error::Error;
-use crate::model::{CallbackAuth, CallbackSpec, CallbackType, NewDelivery, NewJob};
+use serde_json::Value;
+
+use crate::model::{
+    CallbackAuth, CallbackSpec, CallbackType, JobResult, NewDelivery, NewJob, ResultStatus,
+};
 
 /// Most callbacks one job may carry.
 pub const MAX_CALLBACKS: usize = 32;
@@ -32,22 +36,101 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-signature",
 ];
 
-/// Deserializes `bytes` as JSON into `T`, naming the field at fault.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let (code, field) = if inner.is_syntax() || inner.is_eof() {
-            ("invalid_json", "body".to_owned())
+/// Request types whose JSON must be an object at given places.
+///
+/// serde also accepts a JSON array for a struct (its fields in order), so
+/// `[]` would pass for an empty job; these paths are checked before the
+/// typed parse. Syntax: fields joined by `.`, `[]` for every element of an
+/// array, `""` for the whole body.
+pub trait JsonObjects {
+    /// Where the body must hold objects (when anything is there).
+    const OBJECTS: &'static [&'static str];
+}
+
+impl JsonObjects for NewJob {
+    const OBJECTS: &'static [&'static str] = &[
+        "",
+        "publish",
+        "publish.callbacks[]",
+        "publish.callbacks[].auth",
+        "publish.callbacks[].headers",
+    ];
+}
+
+impl JsonObjects for JobResult {
+    const OBJECTS: &'static [&'static str] = &[
+        "",
+        "result",
+        "result.transcript",
+        "result.transcript.words[]",
+        "error",
+        "streams[]",
+    ];
+}
+
+impl JsonObjects for NewDelivery {
+    const OBJECTS: &'static [&'static str] = &["", "headers"];
+}
+
+/// Deserializes `bytes` as a JSON request body into `T`, naming the field
+/// at fault: syntax errors are `invalid_json`, everything else
+/// `invalid_field`.
+pub fn parse_json<T: serde::de::DeserializeOwned + JsonObjects>(bytes: &[u8]) -> Result<T, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let reason = if e.is_eof() {
+            format!("the JSON ends too early ({e}); send a complete JSON object")
         } else {
-            (
-                "invalid_field",
-                if path == "." { "body".to_owned() } else { path },
-            )
+            format!("{e}; send a JSON object")
         };
-        Error::invalid(code, field, inner.to_string())
+        Error::invalid("invalid_json", "body", reason)
+    })?;
+    for path in T::OBJECTS {
+        objects_at(&value, path, String::new())?;
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        Error::invalid("invalid_field", field, e.into_inner().to_string())
     })
+}
+
+/// Refuses an array where `path` (relative to `value`, at `at`) must be an
+/// object.
+fn objects_at(value: &Value, path: &str, at: String) -> Result<(), Error> {
+    if path.is_empty() {
+        let kind = match value {
+            Value::Array(_) => "an array",
+            _ => return Ok(()), // other types: serde names them precisely
+        };
+        return Err(Error::invalid(
+            "invalid_field",
+            if at.is_empty() { "body".to_owned() } else { at },
+            format!("invalid type: {kind}, expected a JSON object"),
+        ));
+    }
+    let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+    let (name, each) = match head.strip_suffix("[]") {
+        Some(name) => (name, true),
+        None => (head, false),
+    };
+    let Some(child) = value.get(name) else {
+        return Ok(());
+    };
+    let here = if at.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{at}.{name}")
+    };
+    match (each, child) {
+        (true, Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                objects_at(item, rest, format!("{here}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (true, _) => Ok(()), // not an array: serde refuses it
+        (false, _) => objects_at(child, rest, here),
+    }
 }
 
 /// A job id: 1–128 visible ASCII characters, none of `/ ? # %` (it travels
@@ -73,6 +156,9 @@ pub fn job_id(id: &str) -> Result<(), Error> {
 pub fn new_job(policy: &EgressPolicy, job: &NewJob) -> Result<(), Error> {
     if let Some(id) = &job.job_id {
         job_id(id)?;
+    }
+    if let Some(metadata) = &job.metadata {
+        storable_json(metadata, "metadata")?;
     }
     let callbacks = &job.publish.callbacks;
     if callbacks.len() > MAX_CALLBACKS {
@@ -119,6 +205,13 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
                 "must not be empty",
             ));
         }
+        if secret.contains('\0') {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("{at}.auth.secret"),
+                "must not contain the NUL character (\\u0000)",
+            ));
+        }
         if scheme.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid(
                 "invalid_field",
@@ -132,6 +225,13 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
 
 /// Checks a destination URL and returns its host (for per-host fairness).
 pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<String, Error> {
+    if url.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid_url",
+            field,
+            "must not contain control characters (line breaks, tabs, NUL); percent-encode them",
+        ));
+    }
     let parsed = check_destination(policy, url).map_err(|e| {
         let code = if matches!(e, crate::egress::DestinationError::BlockedAddress(_)) {
             "blocked_destination"
@@ -140,6 +240,19 @@ pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<Stri
         };
         Error::invalid(code, field, e.to_string())
     })?;
+    // The WHATWG parser reads `https:///x` as host `x` and `http:host` as
+    // `http://host`; a URL that does not spell its host is a typo.
+    let after_scheme = url.trim().split_once(':').map_or("", |(_, rest)| rest);
+    let spelled = after_scheme
+        .strip_prefix("//")
+        .is_some_and(|authority| !authority.starts_with(['/', '\\']) && !authority.is_empty());
+    if !spelled {
+        return Err(Error::invalid(
+            "invalid_url",
+            field,
+            "url must be absolute with a host, e.g. https://example.com/callback",
+        ));
+    }
     Ok(parsed.host_str().unwrap_or_default().to_ascii_lowercase())
 }
 
@@ -228,4 +341,200 @@ pub fn new_delivery(
         None => default_type.to_owned(),
     };
     Ok((host, bytes, content_type))
+}
+
+/// Checks a job's result: the fields that go with `finished` or `failed`,
+/// stream names, word times, and that everything can be stored.
+pub fn job_result(result: &JobResult) -> Result<(), Error> {
+    match result.status {
+        ResultStatus::Finished if result.error.is_some() => {
+            return Err(Error::invalid(
+                "invalid_field",
+                "error",
+                "only a failed result carries an error; remove it or set \"status\": \"failed\"",
+            ))
+        }
+        ResultStatus::Failed if result.error.is_none() => {
+            return Err(Error::invalid(
+                "invalid_field",
+                "error",
+                "a failed result needs {\"code\", \"message\"} saying why",
+            ))
+        }
+        ResultStatus::Failed if result.result.is_some() || !result.streams.is_empty() => {
+            return Err(Error::invalid(
+                "invalid_field",
+                if result.result.is_some() {
+                    "result"
+                } else {
+                    "streams"
+                },
+                "a failed result carries error instead of result and streams; remove them or set \"status\": \"finished\"",
+            ))
+        }
+        _ => {}
+    }
+    for (i, s) in result.streams.iter().enumerate() {
+        if s.stream_name != "original" && s.stream_name != "redacted-audio" {
+            return Err(Error::invalid(
+                "invalid_field",
+                format!("streams[{i}].streamName"),
+                "must be original or redacted-audio",
+            ));
+        }
+    }
+    if let Some(words) = result
+        .result
+        .as_ref()
+        .and_then(|r| r.transcript.as_ref())
+        .map(|t| &t.words)
+    {
+        for (i, w) in words.iter().enumerate() {
+            if w.e < w.s {
+                return Err(Error::invalid(
+                    "invalid_field",
+                    format!("result.transcript.words[{i}].e"),
+                    format!(
+                        "ends ({} ms) before it starts ({} ms); word times are milliseconds with e >= s",
+                        w.e, w.s
+                    ),
+                ));
+            }
+        }
+    }
+    let value = serde_json::to_value(result)
+        .map_err(|e| Error::invalid("invalid_field", "body", e.to_string()))?;
+    storable_json(&value, "")
+}
+
+/// PostgreSQL cannot store the NUL character in `jsonb` or `text`: refuse
+/// it at intake (naming where it is) rather than fail at the insert.
+pub fn storable_json(value: &Value, at: &str) -> Result<(), Error> {
+    fn find(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = find(v, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(k, v)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                let found = k.contains('\0') || find(v, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = at.to_owned();
+    if find(value, &mut path) {
+        return Err(Error::invalid(
+            "invalid_field",
+            if path.is_empty() {
+                "body".to_owned()
+            } else {
+                path
+            },
+            "contains the NUL character (\\u0000), which cannot be stored; remove it",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn arrays_are_refused_where_objects_belong() {
+        let err = parse_json::<NewJob>(b"[]").expect_err("array body");
+        assert!(err.to_string().starts_with("body:"), "{err}");
+        let err = parse_json::<NewJob>(br#"{"publish": []}"#).expect_err("array publish");
+        assert!(err.to_string().starts_with("publish:"), "{err}");
+        let err = parse_json::<NewJob>(
+            br#"{"publish": {"callbacks": [{"url": "https://x.example/"}, ["https://y.example/"]]}}"#,
+        )
+        .expect_err("array callback");
+        assert!(
+            err.to_string().starts_with("publish.callbacks[1]:"),
+            "{err}"
+        );
+        let err = parse_json::<JobResult>(
+            br#"{"status": "finished", "result": {"transcript": {"words": [[0, 1, 2, 0.5, "w"]]}}}"#,
+        )
+        .expect_err("array word");
+        assert!(
+            err.to_string().starts_with("result.transcript.words[0]:"),
+            "{err}"
+        );
+        let ok = parse_json::<NewJob>(br#"{"publish": {"callbacks": []}}"#).expect("valid job");
+        assert!(ok.publish.callbacks.is_empty());
+        let err = parse_json::<NewJob>(b"{").expect_err("syntax");
+        assert!(
+            matches!(
+                err,
+                Error::Validation {
+                    code: "invalid_json",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hosts_must_be_spelled_out() {
+        let policy = EgressPolicy::default();
+        for bad in [
+            "https:///x",
+            "http:example.org",
+            "https:/example.org",
+            "http:\\\\example.org",
+        ] {
+            let err = destination(&policy, bad, "url").expect_err(bad);
+            assert!(
+                matches!(
+                    err,
+                    Error::Validation {
+                        code: "invalid_url",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
+        for good in [
+            "https://example.org",
+            "HTTP://Example.org:8080/a?b#c",
+            " https://example.org/x ",
+        ] {
+            destination(&policy, good, "url").unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_found_and_named() {
+        assert!(storable_json(&json!({"a": ["x", {"b": "ok"}]}), "metadata").is_ok());
+        let err = storable_json(&json!({"a": ["x", {"b": "n\u{0}l"}]}), "metadata")
+            .expect_err("NUL refused");
+        assert_eq!(
+            err.to_string().split(':').next(),
+            Some("metadata.a[1].b"),
+            "{err}"
+        );
+        let err = storable_json(&json!({"k\u{0}": 1}), "").expect_err("NUL key refused");
+        assert!(err.to_string().starts_with("k"), "{err}");
+    }
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::validate::parse_json;
+use crate::validate::{parse_json, JsonObjects};
 
 /// A JSON body of type `T` (an empty body is refused unless `T` is `Option`).
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + JsonObjects> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {

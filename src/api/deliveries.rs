@@ -1,56 +1,103 @@
 //! `/v1/deliveries` routes.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::body::JsonBody;
-use super::{ApiError, AppState};
-use crate::model::NewDelivery;
+use super::{ApiError, AppState, ErrorBody};
+use crate::model::{DeliveryAccepted, DeliveryView, NewDelivery};
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| {
+/// The `{deliveryId}` of the path; anything but a UUID names no delivery.
+fn delivery_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "delivery_not_found",
-            format!("delivery {id} was not found (delivery ids are UUIDs)"),
+            "no delivery has this id (delivery ids are UUIDs, as in the webhook-id header)",
         )
-    })
+    };
+    let Path(id) = path.map_err(|_| not_found())?;
+    Uuid::parse_str(&id).map_err(|_| not_found())
 }
 
-/// `POST /v1/deliveries`.
+/// Queue any callback outside the job flow.
+///
+/// Exactly one of `body`, `bodyBase64` or `json` is sent.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries",
+    operation_id = "createDelivery",
+    tag = "deliveries",
+    request_body(content = NewDelivery, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued.", body = DeliveryAccepted),
+        (status = 400, description = "Bad input; the message names the field.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 413, description = "The body is larger than POSTBACK_MAX_BODY.", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(delivery): JsonBody<NewDelivery>,
 ) -> Result<Response, ApiError> {
-    let id = state.postback.enqueue(&state.pool, delivery).await?;
+    let delivery_id = state.postback.enqueue(&state.pool, delivery).await?;
     if let Some(waker) = &state.waker {
         waker.wake();
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"deliveryId": id}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(DeliveryAccepted { delivery_id })).into_response())
 }
 
-/// `GET /v1/deliveries/{id}`.
+/// A delivery with every attempt.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{deliveryId}",
+    operation_id = "getDelivery",
+    tag = "deliveries",
+    params(("deliveryId" = Uuid, Path, description = "The delivery id (the `webhook-id` header).")),
+    responses(
+        (status = 200, description = "The delivery.", body = DeliveryView),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such delivery, or it expired (`delivery_not_found`).", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let view = state.postback.delivery(&state.pool, parse_id(&id)?).await?;
+    let view = state
+        .postback
+        .delivery(&state.pool, delivery_id(path)?)
+        .await?;
     Ok(Json(view).into_response())
 }
 
-/// `POST /v1/deliveries/{id}/replay`.
+/// Put a delivery back in the queue for a fresh cycle of the schedule,
+/// keeping its id (receivers dedupe on `webhook-id`).
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{deliveryId}/replay",
+    operation_id = "replayDelivery",
+    tag = "deliveries",
+    params(("deliveryId" = Uuid, Path, description = "The delivery id (the `webhook-id` header).")),
+    responses(
+        (status = 202, description = "Queued again.", body = DeliveryAccepted),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+        (status = 404, description = "No such delivery, or it expired (`delivery_not_found`).", body = ErrorBody),
+        (status = 409, description = "An attempt is in flight right now (`delivery_in_flight`); retry shortly.", body = ErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    state.postback.replay(&state.pool, id).await?;
+    let delivery_id = delivery_id(path)?;
+    state.postback.replay(&state.pool, delivery_id).await?;
     if let Some(waker) = &state.waker {
         waker.wake();
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"deliveryId": id}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(DeliveryAccepted { delivery_id })).into_response())
 }

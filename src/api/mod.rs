@@ -1,25 +1,35 @@
 //! The HTTP API of SPEC §2: a thin axum layer over the library in
-//! `intake`. It owns routing, authentication, request-body limits and the
+//! `intake`. It owns routing, authentication, request-body limits, the
 //! mapping of library errors to status codes and `{"error": {code,
-//! message}}` bodies; it must not contain business rules or SQL.
+//! message}}` bodies, and the OpenAPI document; it must not contain
+//! business rules or SQL.
+//!
+//! Every route is added through [`RouteTable::add`], which takes its method
+//! and path from the handler's `#[utoipa::path]` annotation: the router and
+//! the OpenAPI document describe the same routes by construction, and a
+//! test compares [`routes`] with the document.
 
 mod auth;
 mod body;
 mod deliveries;
 mod error;
 mod jobs;
+mod openapi;
 mod ops;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::routing::{get, on, MethodFilter};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use utoipa::openapi::path::HttpMethod;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::{openapi_json, ApiDoc};
 
 use crate::delivery::Waker;
 use crate::intake::Postback;
@@ -45,25 +55,89 @@ pub struct AppState {
     pub max_body: usize,
 }
 
+/// Routes collected with the method and path of their OpenAPI operation.
+struct RouteTable {
+    router: Router<AppState>,
+    routes: Vec<(&'static str, String)>,
+}
+
+impl RouteTable {
+    fn new() -> Self {
+        RouteTable {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Adds `handler` at the path and methods of its `#[utoipa::path]` `P`.
+    fn add<P, H, T>(mut self, handler: H) -> Self
+    where
+        P: utoipa::Path,
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let path = P::path();
+        for method in P::methods() {
+            let (name, filter) = method_filter(&method);
+            self.router = self.router.route(&path, on(filter, handler.clone()));
+            self.routes.push((name, path.clone()));
+        }
+        self
+    }
+}
+
+fn method_filter(method: &HttpMethod) -> (&'static str, MethodFilter) {
+    match method {
+        HttpMethod::Get => ("GET", MethodFilter::GET),
+        HttpMethod::Post => ("POST", MethodFilter::POST),
+        HttpMethod::Put => ("PUT", MethodFilter::PUT),
+        HttpMethod::Delete => ("DELETE", MethodFilter::DELETE),
+        HttpMethod::Options => ("OPTIONS", MethodFilter::OPTIONS),
+        HttpMethod::Head => ("HEAD", MethodFilter::HEAD),
+        HttpMethod::Patch => ("PATCH", MethodFilter::PATCH),
+        HttpMethod::Trace => ("TRACE", MethodFilter::TRACE),
+    }
+}
+
+/// The `/v1` routes, which need the bearer token.
+fn v1_routes() -> RouteTable {
+    RouteTable::new()
+        .add::<jobs::__path_create, _, _>(jobs::create)
+        .add::<jobs::__path_get, _, _>(jobs::get)
+        .add::<jobs::__path_post_result, _, _>(jobs::post_result)
+        .add::<deliveries::__path_create, _, _>(deliveries::create)
+        .add::<deliveries::__path_get, _, _>(deliveries::get)
+        .add::<deliveries::__path_replay, _, _>(deliveries::replay)
+        .add::<ops::__path_egress, _, _>(ops::egress)
+}
+
+/// Health, metrics and the API description, open to everyone.
+fn open_routes() -> RouteTable {
+    RouteTable::new()
+        .add::<ops::__path_healthz, _, _>(ops::healthz)
+        .add::<ops::__path_readyz, _, _>(ops::readyz)
+        .add::<ops::__path_metrics, _, _>(ops::metrics)
+        .add::<openapi::__path_document, _, _>(openapi::document)
+}
+
+/// Every route the API serves, as (method, path) with OpenAPI path syntax.
+pub fn routes() -> Vec<(&'static str, String)> {
+    let mut all = v1_routes().routes;
+    all.extend(open_routes().routes);
+    all
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/jobs", post(jobs::create))
-        .route("/jobs/{job_id}", get(jobs::get))
-        .route("/jobs/{job_id}/result", post(jobs::post_result))
-        .route("/deliveries", post(deliveries::create))
-        .route("/deliveries/{id}", get(deliveries::get))
-        .route("/deliveries/{id}/replay", post(deliveries::replay))
-        .route("/egress", get(ops::egress))
+    let v1 = v1_routes()
+        .router
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
     Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .merge(v1)
+        .merge(open_routes().router)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body))

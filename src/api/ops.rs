@@ -4,16 +4,44 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
+use crate::model::EgressView;
 
-/// `GET /healthz`: the process is up.
-pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// `{"status"}` of the health routes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-/// `GET /readyz`: the database answers.
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+pub async fn healthz() -> Response {
+    Json(Health { status: "ok" }).into_response()
+}
+
+/// The database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The database answers.", body = Health),
+        (status = 503, description = "The database is not reachable (`database_unavailable`).", body = ErrorBody),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let ping = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -21,7 +49,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     )
     .await;
     if matches!(ping, Ok(true)) {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Health { status: "ready" }).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -32,7 +60,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics (SPEC §4), text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain"),
+        (status = 404, description = "Another metrics recorder is installed in this process (`metrics_disabled`).", body = ErrorBody),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     match &state.metrics {
         Some(handle) => (
@@ -52,13 +91,22 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /v1/egress`: the addresses customers allow-list.
+/// The addresses callbacks come from, for customers' allow-lists.
+#[utoipa::path(
+    get,
+    path = "/v1/egress",
+    operation_id = "getEgress",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Source and public addresses.", body = EgressView),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+    )
+)]
 pub async fn egress(State(state): State<AppState>) -> Response {
-    let show = |v: &[std::net::IpAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    Json(json!({
-        "sourceAddresses": show(&state.source_addresses),
-        "publicAddresses": show(&state.public_addresses),
-    }))
+    Json(EgressView {
+        source_addresses: state.source_addresses.clone(),
+        public_addresses: state.public_addresses.clone(),
+    })
     .into_response()
 }
 
@@ -67,7 +115,7 @@ pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; see SPEC §2 for the API",
+        "no such route; GET /openapi.json lists the API",
     )
 }
 
@@ -76,6 +124,6 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this route does not take that method",
+        "this route does not take that method; GET /openapi.json lists the API",
     )
 }

@@ -69,7 +69,11 @@ impl Sender {
                 (Outcome::Success, Some(status), snippet)
             }
             Ok(Ok((status, snippet))) => (Outcome::HttpError, Some(status), snippet),
-            Ok(Err(failure)) => (failure.outcome, None, Some(failure.message)),
+            Ok(Err(failure)) => (
+                failure.outcome,
+                None,
+                Some(snippet_text(failure.message.as_bytes())),
+            ),
             Err(_) => (
                 Outcome::Timeout,
                 None,
@@ -236,7 +240,29 @@ async fn read_snippet(response: reqwest::Response) -> Option<String> {
     if buf.is_empty() {
         return None;
     }
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    Some(snippet_text(&buf))
+}
+
+/// The text kept of a response (or an error): at most [`SNIPPET_BYTES`]
+/// bytes of UTF-8 that PostgreSQL's `text` accepts. A character cut in half
+/// by the 1 KiB limit is dropped, invalid bytes and NULs (which `text`
+/// refuses, failing the whole batch of outcomes) become U+FFFD.
+pub fn snippet_text(bytes: &[u8]) -> String {
+    let bytes = &bytes[..bytes.len().min(SNIPPET_BYTES)];
+    let bytes = match std::str::from_utf8(bytes) {
+        // Only an incomplete character at the end: cut before it.
+        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
+        _ => bytes,
+    };
+    let mut text = String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}");
+    if text.len() > SNIPPET_BYTES {
+        let mut cut = SNIPPET_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
 }
 
 /// Signs a file's bytes without holding them: one streaming pass.
@@ -264,4 +290,27 @@ async fn sign_file(
         signer.update(&buf[..n]);
     }
     Ok((signer.finish(), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_are_at_most_1_kib_of_text_postgres_accepts() {
+        assert_eq!(snippet_text(b"ok"), "ok");
+        // A two-byte character cut by the limit is dropped, not replaced.
+        let long = format!("a{}", "é".repeat(3000));
+        let s = snippet_text(long.as_bytes());
+        assert_eq!(s.len(), 1023);
+        assert!(long.starts_with(&s));
+        // NULs and invalid bytes become U+FFFD; the result still fits.
+        let s = snippet_text(b"ok\0\xffbin");
+        assert_eq!(s, "ok\u{FFFD}\u{FFFD}bin");
+        let s = snippet_text(&[0u8; 4096]);
+        assert!(s.len() <= SNIPPET_BYTES && !s.contains('\0'));
+        let s = snippet_text(&[0xffu8; 4096]);
+        assert!(s.len() <= SNIPPET_BYTES);
+        assert_eq!(snippet_text(b""), "");
+    }
 }

@@ -1,14 +1,21 @@
 //! Writes attempt outcomes back in batches: whatever has arrived since the
 //! last flush goes out in one statement. While the database is away it
-//! keeps the batch and retries; it never drops an outcome (if it must give
-//! up at shutdown, the leases expire and the deliveries are attempted
-//! again: at least once, never lost).
+//! keeps the batch and retries; it never drops an outcome because of an
+//! outage (if it must give up at shutdown, the leases expire and the
+//! deliveries are attempted again: at least once, never lost). An outcome
+//! the database refuses outright (not an outage) is written alone, so it
+//! cannot hold the rest of its batch back.
+//!
+//! After every flush it wakes the claim loop: a failed attempt whose retry
+//! is due at once (the immediate retries) becomes claimable only now.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::Waker;
+use crate::error::{is_connectivity, Error};
 use crate::store::queue::{self, Completion};
 use crate::store::Schema;
 
@@ -16,12 +23,22 @@ use crate::store::Schema;
 pub const FLUSH_BATCH: usize = 1024;
 
 /// Runs until every sender is gone and everything received is written.
-pub async fn run(pool: PgPool, schema: Schema, mut rx: UnboundedReceiver<Completion>) {
+pub async fn run(
+    pool: PgPool,
+    schema: Schema,
+    mut rx: UnboundedReceiver<Completion>,
+    waker: Waker,
+) {
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
     while rx.recv_many(&mut batch, FLUSH_BATCH).await > 0 {
         flush(&pool, &schema, &batch).await;
         batch.clear();
+        waker.wake();
     }
+}
+
+fn is_outage(err: &Error) -> bool {
+    matches!(err, Error::Database(e) if is_connectivity(e))
 }
 
 async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
@@ -35,6 +52,19 @@ async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
                         "some outcomes arrived after their lease expired; those deliveries were re-claimed"
                     );
                 }
+                return;
+            }
+            Err(err) if !is_outage(&err) && batch.len() > 1 => {
+                // One outcome the database refuses must not hold back the
+                // others: write them one by one.
+                tracing::warn!(%err, n = batch.len(), "batch of outcomes refused; writing them one by one");
+                for one in batch {
+                    Box::pin(flush(pool, schema, std::slice::from_ref(one))).await;
+                }
+                return;
+            }
+            Err(err) if !is_outage(&err) => {
+                tracing::error!(%err, delivery_id = ?batch.first().map(|c| c.id), "outcome refused by the database; the delivery will be attempted again when its lease expires");
                 return;
             }
             Err(err) => {

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::store::queue::HostRoom;
+
 /// Counts attempts in flight per host against a fixed limit.
 #[derive(Debug, Clone)]
 pub struct HostSlots {
@@ -50,6 +52,21 @@ impl HostSlots {
             .map(|(h, _)| h.clone())
             .collect()
     }
+
+    /// How many more attempts each host may take, for the claim.
+    pub fn room(&self) -> HostRoom {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        HostRoom {
+            per_host: i64::try_from(self.limit).unwrap_or(i64::MAX),
+            busy: map
+                .iter()
+                .map(|(h, n)| {
+                    let left = self.limit.saturating_sub(*n);
+                    (h.clone(), i64::try_from(left).unwrap_or(i64::MAX))
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Drop for HostSlot {
@@ -79,8 +96,14 @@ mod tests {
         let b = slots.try_take("a");
         assert!(a.is_some() && b.is_some());
         assert!(slots.try_take("a").is_none());
-        assert!(slots.try_take("b").is_some());
+        let other = slots.try_take("b");
+        assert!(other.is_some());
         assert_eq!(slots.full_hosts(), vec!["a".to_owned()]);
+        let mut room = slots.room().busy;
+        room.sort();
+        assert_eq!(room, vec![("a".to_owned(), 0), ("b".to_owned(), 1)]);
+        assert_eq!(slots.room().full(), vec!["a".to_owned()]);
+        assert_eq!(slots.room().per_host, 2);
         drop(a);
         assert!(slots.full_hosts().is_empty());
         assert!(slots.try_take("a").is_some());

@@ -157,6 +157,7 @@ impl Dispatcher {
             self.pool.clone(),
             self.schema.clone(),
             done_rx,
+            self.waker.clone(),
         ));
         let listener_stop = CancellationToken::new();
         let listener = tokio::spawn(listen(
@@ -176,12 +177,14 @@ impl Dispatcher {
                     _ = tasks.join_next() => continue,
                 }
             }
+            let room = self.hosts.room();
+            let full_before = room.full().len();
             let claimed = match queue::claim(
                 &self.pool,
                 &self.schema,
                 free as i64,
                 self.lease.as_secs_f64(),
-                &self.hosts.full_hosts(),
+                &room,
             )
             .await
             {
@@ -199,6 +202,10 @@ impl Dispatcher {
                     continue;
                 }
             };
+            // Fewer than asked for: the queue has no more due work for us,
+            // unless a host filled up during this claim (its backlog may
+            // have hidden other hosts' due rows: claim again at once).
+            let got_any = !claimed.is_empty();
             let drained = claimed.len() < free;
             let mut deferred = Vec::new();
             for d in claimed {
@@ -212,7 +219,7 @@ impl Dispatcher {
                 };
                 let sender = self.sender.clone();
                 let done = done_tx.clone();
-                let retry = self.retry.clone();
+                let retry = self.retry;
                 let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
                 tasks.spawn(
                     async move {
@@ -238,7 +245,8 @@ impl Dispatcher {
                     tracing::warn!(%err, "could not release deferred deliveries; their lease will expire");
                 }
             }
-            if drained {
+            let filled_up = got_any && self.hosts.full_hosts().len() > full_before;
+            if drained && !filled_up {
                 self.idle(&shutdown).await;
             }
         }
@@ -254,7 +262,8 @@ impl Dispatcher {
 
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
-        let wait = match queue::next_due(&self.pool, &self.schema).await {
+        let full = self.hosts.full_hosts();
+        let wait = match queue::next_due(&self.pool, &self.schema, &full).await {
             Ok(Some(at)) => {
                 let until = at - OffsetDateTime::now_utc();
                 Duration::try_from(until)
@@ -264,8 +273,10 @@ impl Dispatcher {
             _ => IDLE_POLL,
         };
         if wait.is_zero() {
-            // Due work exists but was skipped (full hosts or rows locked by
-            // other workers): back off briefly instead of spinning.
+            // Due work of hosts with room exists but was not ours (rows
+            // locked by other workers' claims): back off briefly instead of
+            // spinning. Full hosts are not counted: an attempt ending wakes
+            // us through the completer.
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = self.waker.0.notified() => {}
@@ -347,7 +358,13 @@ async fn listen(pool: PgPool, waker: Waker, stop: CancellationToken) {
                 continue;
             }
         };
-        if listener.listen(WAKE_CHANNEL).await.is_err() {
+        if let Err(err) = listener.listen(WAKE_CHANNEL).await {
+            tracing::debug!(%err, "LISTEN failed; polling meanwhile");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         backoff = Duration::from_millis(100);

@@ -32,7 +32,7 @@ pub fn analytics_body(
     streams: &[MediaStream],
     include: Option<&[Include]>,
 ) -> Value {
-    let wants = |section: Include| include.map_or(true, |list| list.contains(&section));
+    let wants = |section: Include| include.is_none_or(|list| list.contains(&section));
     let produced = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
 
     let mut body = Map::new();

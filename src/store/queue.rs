@@ -52,36 +52,77 @@ pub struct Claimed {
     pub file_path: Option<String>,
 }
 
-/// Claims up to `limit` due deliveries, skipping rows other workers hold and
-/// hosts this process has no room for.
+/// How many more attempts this process may start per destination host.
+#[derive(Debug, Clone, Default)]
+pub struct HostRoom {
+    /// Room of a host with nothing in flight (`POSTBACK_PER_HOST_CONCURRENCY`).
+    pub per_host: i64,
+    /// Hosts with attempts in flight, and the room each has left (0: full).
+    pub busy: Vec<(String, i64)>,
+}
+
+impl HostRoom {
+    /// Hosts with no room left.
+    pub fn full(&self) -> Vec<String> {
+        self.busy
+            .iter()
+            .filter(|(_, room)| *room <= 0)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+}
+
+/// Claims up to `limit` due deliveries, oldest due first, skipping rows
+/// other workers hold and taking no more per host than `room` allows.
+///
+/// The `limit` oldest due rows of hosts with room are locked (`SKIP LOCKED`,
+/// so concurrent claims share the queue without waiting on each other);
+/// of those, each host's first `room` are claimed. The others are only
+/// locked for the statement, never written: a host's backlog costs no
+/// claim-then-release churn.
 pub async fn claim<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     limit: i64,
     lease_secs: f64,
-    skip_hosts: &[String],
+    room: &HostRoom,
 ) -> Result<Vec<Claimed>> {
     let lease = Uuid::now_v7();
+    let full = room.full();
+    let busy_hosts: Vec<&str> = room.busy.iter().map(|(h, _)| h.as_str()).collect();
+    let busy_room: Vec<i64> = room.busy.iter().map(|(_, r)| *r).collect();
     let rows = sqlx::query(&schema.sql(
-        "WITH due AS (
-             SELECT id FROM postback.deliveries
+        "WITH cand AS MATERIALIZED (
+             SELECT id, host, next_attempt_at FROM postback.deliveries
              WHERE next_attempt_at <= now() AND host <> ALL($4::text[])
              ORDER BY next_attempt_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED),
+         due AS (
+             SELECT r.id, r.due_at FROM (
+                 SELECT c.id, c.next_attempt_at AS due_at,
+                        row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id) AS rn,
+                        coalesce(b.room, $5) AS room
+                 FROM cand c
+                 LEFT JOIN unnest($6::text[], $7::int8[]) AS b(host, room) ON b.host = c.host) r
+             WHERE r.rn <= r.room),
          claimed AS (
              UPDATE postback.deliveries d
              SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.cycle_attempts,
-                       d.cycle_started_at, d.queued_at)
+                       d.cycle_started_at, d.queued_at, due.due_at)
          SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
-         FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id",
+         FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
+         ORDER BY c.due_at, c.id",
     ))
     .bind(limit)
     .bind(lease_secs)
     .bind(lease)
-    .bind(skip_hosts)
+    .bind(&full)
+    .bind(room.per_host)
+    .bind(&busy_hosts)
+    .bind(&busy_room)
     .fetch_all(db)
     .await?;
     rows.iter()
@@ -221,14 +262,21 @@ pub async fn release<'e, E: PgExecutor<'e>>(
     Ok(done.rows_affected())
 }
 
-/// The earliest due time in the queue, to sleep exactly until then.
+/// The earliest due time in the queue, leases included (a dead worker's
+/// deliveries come back when theirs runs out), to sleep exactly until then.
+/// Hosts in `skip_hosts` (full in this process) are left out: their
+/// deliveries can only be taken once an attempt ends, which wakes the
+/// claim loop anyway.
 pub async fn next_due<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
+    skip_hosts: &[String],
 ) -> Result<Option<OffsetDateTime>> {
     let next: Option<OffsetDateTime> = sqlx::query_scalar(&schema.sql(
-        "SELECT min(next_attempt_at) FROM postback.deliveries WHERE next_attempt_at IS NOT NULL",
+        "SELECT min(next_attempt_at) FROM postback.deliveries
+         WHERE next_attempt_at IS NOT NULL AND host <> ALL($1::text[])",
     ))
+    .bind(skip_hosts)
     .fetch_one(db)
     .await?;
     Ok(next)

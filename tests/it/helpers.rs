@@ -37,14 +37,24 @@ extern "C" fn stop_cluster_at_exit() {
         let bin = postback::pgcluster::find_server_binaries();
         if let Some(bin) = bin {
             let mut cmd = std::process::Command::new(bin.join("pg_ctl"));
-            cmd.args(["-D", &dir.join("data").to_string_lossy(), "-m", "immediate", "-w", "stop"]);
+            cmd.args([
+                "-D",
+                &dir.join("data").to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]);
             if nix::unistd::geteuid().is_root() {
                 if let Ok(Some(user)) = nix::unistd::User::from_name("postgres") {
                     use std::os::unix::process::CommandExt;
                     cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
                 }
             }
-            let _ = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+            let _ = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -58,7 +68,10 @@ fn shared() -> &'static SharedCluster {
             let mut parsed = url::Url::parse(&url).expect("DATABASE_URL is a URL");
             parsed.set_path("/{db}");
             let template = parsed.to_string().replace("%7Bdb%7D", "{db}");
-            return SharedCluster { template, admin_url: url };
+            return SharedCluster {
+                template,
+                admin_url: url,
+            };
         }
         let dir = std::env::temp_dir().join(format!("postback-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -71,7 +84,10 @@ fn shared() -> &'static SharedCluster {
         let admin_url = cluster.url();
         let template = cluster.url_for("{db}");
         cluster.detach();
-        SharedCluster { template, admin_url }
+        SharedCluster {
+            template,
+            admin_url,
+        }
     })
 }
 
@@ -79,7 +95,9 @@ fn shared() -> &'static SharedCluster {
 pub async fn fresh_database() -> String {
     let shared = shared();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPool::connect(&shared.admin_url).await.expect("connect admin");
+    let admin = PgPool::connect(&shared.admin_url)
+        .await
+        .expect("connect admin");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&admin)
         .await
@@ -135,14 +153,18 @@ impl TestApp {
 
     /// `serve` with exactly `config`.
     pub async fn spawn_config(config: Config) -> TestApp {
-        let process = Process::start(config.clone(), Role::Serve).await.expect("serve starts");
+        let process = Process::start(config.clone(), Role::Serve)
+            .await
+            .expect("serve starts");
         let addr = process.api_addr().expect("API bound");
         let database_url = process.database_url().to_owned();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    sqlx::query("SET search_path TO postback").execute(conn).await?;
+                    sqlx::query("SET search_path TO postback")
+                        .execute(conn)
+                        .await?;
                     Ok(())
                 })
             })
@@ -189,7 +211,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.expect("request")
+        self.http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request")
     }
 
     /// JSON of a GET that must answer 200.
@@ -213,14 +240,22 @@ impl TestApp {
     }
 
     /// Polls the delivery until `done` says so, or panics after `limit`.
-    pub async fn wait_delivery(&self, id: &str, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_delivery(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + limit;
         loop {
             let view = self.get_json(&format!("/v1/deliveries/{id}")).await;
             if done(&view) {
                 return view;
             }
-            assert!(Instant::now() < deadline, "delivery {id} did not get there in {limit:?}: {view:#}");
+            assert!(
+                Instant::now() < deadline,
+                "delivery {id} did not get there in {limit:?}: {view:#}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -315,7 +350,9 @@ impl Receiver {
             .fallback(record)
             .with_state(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -351,7 +388,11 @@ impl Receiver {
                 return got;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "receiver got {} of {n} requests in {limit:?}", got.len());
+            assert!(
+                !left.is_zero(),
+                "receiver got {} of {n} requests in {limit:?}",
+                got.len()
+            );
             let _ = tokio::time::timeout(left, notified).await;
         }
     }
@@ -367,7 +408,9 @@ async fn record(
 ) -> Response {
     let answer = {
         let scripted = state.script.lock().unwrap().pop_front();
-        scripted.or_else(|| state.default.lock().unwrap().clone()).unwrap_or_else(Answer::ok)
+        scripted
+            .or_else(|| state.default.lock().unwrap().clone())
+            .unwrap_or_else(Answer::ok)
     };
     state.got.lock().unwrap().push(Received {
         method,

@@ -4,5 +4,9 @@
 
 mod helpers;
 
+mod api;
+mod delivery;
+mod egress;
+mod embedding;
 mod foundation;
 mod operations;

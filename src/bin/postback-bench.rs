@@ -1,0 +1,307 @@
+//! `postback-bench`: the reproducible benchmark of issue 8.
+//!
+//! ```sh
+//! cargo build --release --bins                       # builds `postback` and `postback-bench`
+//! cargo run --release --bin postback-bench -- --quick   # smoke test, ~3 minutes
+//! cargo run --release --bin postback-bench -- --markdown BENCHMARKS.md
+//! ```
+//!
+//! `cargo run --bin postback-bench` builds only this binary; the benchmark
+//! runs the real `postback` binary found next to it (`target/release/`),
+//! so build that first (`cargo build --release --bins`). A warning is
+//! printed when a Postback source file is newer than that binary.
+//!
+//! It needs nothing but the PostgreSQL server binaries: it starts a private
+//! cluster with `postback::pgcluster::Cluster` in a temporary directory
+//! (durability on: `fsync` and `synchronous_commit` stay on, and the run
+//! refuses to start otherwise), a keep-alive HTTP receiver on 127.0.0.1,
+//! and `postback serve` / `postback worker` as child processes (so their
+//! memory can be read from /proc). Each scenario uses a fresh database.
+//! Everything is stopped at the end, on error, on panic and on Ctrl-C.
+//!
+//! Scenarios: drain, ingest, end to end, first-attempt latency at light
+//! load, drain behind a large backlog, and memory (peak RSS of `serve`,
+//! and RSS growth while a 1 GiB media stream is delivered). The final
+//! Markdown table compares each figure with the target of issue 8.
+
+// A crate root finds its modules beside itself; these live in the folder of the same name.
+#[path = "postback-bench/harness.rs"]
+mod harness;
+#[path = "postback-bench/load.rs"]
+mod load;
+#[path = "postback-bench/receiver.rs"]
+mod receiver;
+#[path = "postback-bench/report.rs"]
+mod report;
+#[path = "postback-bench/scenarios.rs"]
+mod scenarios;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+
+use crate::harness::{Machine, Pg, TempDir};
+use crate::report::{Header, Report};
+use crate::scenarios::{Ctx, Plan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// N deliveries queued, then `postback worker` started.
+    Drain,
+    /// POST /v1/deliveries from concurrent clients, no workers.
+    Ingest,
+    /// One `serve` taking and delivering at stepped open-loop rates.
+    E2e,
+    /// 100 deliveries/s, first-attempt latency.
+    Light,
+    /// Drain behind 1,000,000 deliveries scheduled hours ahead.
+    Backlog,
+    /// RSS while a 1 GiB media stream is delivered.
+    Memory,
+}
+
+const ALL: [Scenario; 6] = [
+    Scenario::Drain,
+    Scenario::Ingest,
+    Scenario::E2e,
+    Scenario::Light,
+    Scenario::Backlog,
+    Scenario::Memory,
+];
+
+/// Postback's benchmark: drain, ingest, end to end, light-load latency,
+/// backlog and memory, against a private PostgreSQL with durability on.
+#[derive(Debug, Parser)]
+#[command(name = "postback-bench", version, about, long_about = None)]
+struct Args {
+    /// Reduced sizes and durations: checks that everything runs (not a measurement).
+    #[arg(long)]
+    quick: bool,
+    /// Append the final Markdown report to this file.
+    #[arg(long, value_name = "PATH")]
+    markdown: Option<PathBuf>,
+    /// Run only these scenarios (comma list). `backlog` runs `drain` too, to compare.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// Deliveries drained in `drain` and `backlog` [default: 100000; --quick: 10000].
+    #[arg(long)]
+    deliveries: Option<u64>,
+    /// Deliveries scheduled hours ahead in `backlog` [default: 1000000; --quick: 100000].
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// Seconds of the ingest run [default: 10; --quick: 5].
+    #[arg(long)]
+    ingest_secs: Option<u64>,
+    /// Concurrent ingest clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of each end-to-end rate step [default: 5; --quick: 2].
+    #[arg(long)]
+    step_secs: Option<u64>,
+    /// Seconds of the 100/s light-load run [default: 10; --quick: 5].
+    #[arg(long)]
+    light_secs: Option<u64>,
+    /// POSTBACK_CONCURRENCY of the workers (Postback's default).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// POSTBACK_PER_HOST_CONCURRENCY [default: --concurrency, because every
+    /// callback goes to the one receiver host, 127.0.0.1].
+    #[arg(long)]
+    per_host_concurrency: Option<usize>,
+    /// The `postback` binary [default: next to this executable].
+    #[arg(long, value_name = "PATH")]
+    postback: Option<PathBuf>,
+    /// Keep the temporary directory (cluster data and child logs).
+    #[arg(long)]
+    keep: bool,
+}
+
+impl Args {
+    fn plan(&self) -> Plan {
+        let q = self.quick;
+        let pick =
+            |v: Option<u64>, full: u64, quick: u64| v.unwrap_or(if q { quick } else { full });
+        Plan {
+            quick: q,
+            drain_n: pick(self.deliveries, 100_000, 10_000).max(2),
+            backlog_n: pick(self.backlog, 1_000_000, 100_000),
+            ingest_window: Duration::from_secs(pick(self.ingest_secs, 10, 5).max(1)),
+            ingest_clients: self.clients.max(1),
+            step: Duration::from_secs(pick(self.step_secs, 5, 2).max(1)),
+            light_window: Duration::from_secs(pick(self.light_secs, 10, 5).max(1)),
+            media_bytes: 1 << 30,
+            concurrency: self.concurrency.max(1),
+            per_host: self.per_host_concurrency.unwrap_or(self.concurrency).max(1),
+        }
+    }
+
+    fn scenarios(&self) -> Vec<Scenario> {
+        let mut wanted = self.only.clone();
+        if wanted.contains(&Scenario::Backlog) && !wanted.contains(&Scenario::Drain) {
+            wanted.push(Scenario::Drain);
+        }
+        ALL.into_iter()
+            .filter(|s| wanted.is_empty() || wanted.contains(s))
+            .collect()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs the selected scenarios; `Ok(false)` when one failed or the run was interrupted.
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let plan = args.plan();
+    let bin = harness::locate_postback(args.postback.clone())?;
+    let stale = harness::staleness_warning(&bin);
+    if let Some(w) = &stale {
+        eprintln!("bench: WARNING: {w}");
+    }
+    harness::raise_fd_limit();
+    let dir = TempDir::create(args.keep)?;
+    println!(
+        "bench: postback binary {}; starting PostgreSQL in {}",
+        bin.display(),
+        dir.path().display()
+    );
+    let pg = Pg::start(dir.path().join("pg")).await?;
+    let durability = format!(
+        "fsync={}, synchronous_commit={}",
+        pg.setting("fsync").await,
+        pg.setting("synchronous_commit").await
+    );
+    if durability != "fsync=on, synchronous_commit=on" {
+        bail!("durability is not on ({durability}); the benchmark refuses to run");
+    }
+    let machine = Machine::describe(pg.bin_dir());
+    println!(
+        "bench: {} cores, {} memory, {}, {}",
+        machine.cores, machine.mem_total, machine.postgres, durability
+    );
+    let ctx = Ctx {
+        plan: plan.clone(),
+        bin,
+        pg,
+        dir: dir.path().to_path_buf(),
+        token: format!("bench-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let mut report = Report::default();
+    let which = args.scenarios();
+    let interrupted = tokio::select! {
+        () = run_scenarios(&ctx, &which, &mut report) => false,
+        () = interrupt() => true,
+    };
+    report.finish_memory();
+    if let Some(w) = stale {
+        report.detail(format!("WARNING: {w}"));
+    }
+    let header = Header {
+        command: command_line(),
+        quick: plan.quick,
+        machine,
+        durability,
+        settings: format!(
+            "POSTBACK_CONCURRENCY={}, POSTBACK_PER_HOST_CONCURRENCY={}, other settings at their defaults \
+             (media run: POSTBACK_ATTEMPT_TIMEOUT=300s); callbacks and API bodies of 1 KiB",
+            plan.concurrency, plan.per_host
+        ),
+        interrupted,
+    };
+    let md = report.markdown(&header);
+    println!("\n{md}");
+    if let Some(path) = &args.markdown {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        writeln!(f, "\n{md}").with_context(|| format!("write {}", path.display()))?;
+        println!("bench: report appended to {}", path.display());
+    }
+    for f in &report.failures {
+        eprintln!("bench: FAILED {f}");
+    }
+    let Ctx { pg, .. } = ctx;
+    pg.stop().await?;
+    drop(dir);
+    Ok(!interrupted && report.failures.is_empty())
+}
+
+async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
+    for &s in which {
+        let (name, title) = match s {
+            Scenario::Drain => ("drain", "1. drain"),
+            Scenario::Ingest => ("ingest", "2. ingest"),
+            Scenario::E2e => ("end to end", "3. end to end"),
+            Scenario::Light => ("light load", "4. first-attempt latency at light load"),
+            Scenario::Backlog => ("backlog", "5. backlog"),
+            Scenario::Memory => ("memory", "6. memory: 1 GiB media stream"),
+        };
+        println!("\n== {title} ==");
+        let started = Instant::now();
+        let outcome = match s {
+            Scenario::Drain => scenarios::drain(ctx, report).await,
+            Scenario::Ingest => scenarios::ingest(ctx, report).await,
+            Scenario::E2e => scenarios::end_to_end(ctx, report).await,
+            Scenario::Light => scenarios::light(ctx, report).await,
+            Scenario::Backlog => scenarios::backlog(ctx, report).await,
+            Scenario::Memory => scenarios::memory(ctx, report).await,
+        };
+        if let Err(err) = outcome {
+            eprintln!("bench: {name} failed: {err:#}");
+            report.failed(name, &err);
+        }
+        println!("  ({name}: {:.1} s)", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupt() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    eprintln!("bench: interrupted; stopping the children and PostgreSQL");
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut cmd = "cargo run --release --bin postback-bench".to_owned();
+    if !args.is_empty() {
+        cmd.push_str(" -- ");
+        cmd.push_str(&args.join(" "));
+    }
+    cmd
+}

@@ -1,0 +1,764 @@
+//! The six scenarios of issue 8. Each one gets a fresh database, its own
+//! receiver and its own `postback` child, prints its figures as it goes,
+//! adds its rows to the report, and stops what it started (the guards do
+//! it on error too).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use postback::store::Schema;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{free_port, wait_ready, Child, Mem, Pg};
+use crate::load::{self, ms, Api, Summary};
+use crate::receiver::Receiver;
+use crate::report::{thousands, Report};
+
+/// Sizes and durations of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub quick: bool,
+    pub drain_n: u64,
+    pub backlog_n: u64,
+    pub ingest_window: Duration,
+    pub ingest_clients: usize,
+    pub step: Duration,
+    pub light_window: Duration,
+    pub media_bytes: u64,
+    pub concurrency: usize,
+    pub per_host: usize,
+}
+
+/// What every scenario shares.
+pub struct Ctx {
+    pub plan: Plan,
+    pub bin: PathBuf,
+    pub pg: Pg,
+    pub dir: PathBuf,
+    pub token: String,
+}
+
+/// Offered rates of the end-to-end steps (deliveries/s).
+const RATES: [f64; 16] = [
+    500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 10000.0, 12000.0,
+    14000.0, 16000.0, 20000.0, 24000.0, 28000.0,
+];
+/// Requests one open-loop generator keeps waiting at most.
+const MAX_IN_FLIGHT: usize = 2048;
+/// Body of the callbacks (drain) and of the API requests (ingest, e2e).
+const BODY_BYTES: usize = 1024;
+/// A step holds only while its p99 stays under this (no queue building up).
+const STEADY_P99: Duration = Duration::from_secs(1);
+const E2E_P99_TARGET: Duration = Duration::from_millis(50);
+/// How long `postback` gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+impl Ctx {
+    fn env(&self, db_url: &str, concurrency: usize) -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_URL".into(), db_url.into()),
+            ("POSTBACK_API_TOKEN".into(), self.token.clone()),
+            ("POSTBACK_EGRESS_ALLOW".into(), "127.0.0.0/8".into()),
+            ("POSTBACK_CONCURRENCY".into(), concurrency.to_string()),
+            (
+                "POSTBACK_PER_HOST_CONCURRENCY".into(),
+                self.plan.per_host.to_string(),
+            ),
+        ]
+    }
+
+    /// `postback serve` on `db_url`, ready (`/readyz` 200); its base URL.
+    async fn serve(
+        &self,
+        name: &str,
+        db_url: &str,
+        concurrency: usize,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(Child, String)> {
+        let port = free_port()?;
+        let mut env = self.env(db_url, concurrency);
+        env.push(("POSTBACK_LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = self.dir.join(format!("{name}-serve.log"));
+        let mut child = Child::spawn(
+            &format!("postback serve ({name})"),
+            &self.bin,
+            "serve",
+            &env,
+            log,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&mut child, &base).await?;
+        Ok((child, base))
+    }
+
+    fn worker(&self, name: &str, db_url: &str) -> anyhow::Result<Child> {
+        let env = self.env(db_url, self.plan.concurrency);
+        let log = self.dir.join(format!("{name}-worker.log"));
+        Child::spawn(
+            &format!("postback worker ({name})"),
+            &self.bin,
+            "worker",
+            &env,
+            log,
+        )
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn record_serve_peak(report: &mut Report, scenario: &str, mem: Option<Mem>) {
+    if let Some(m) = mem {
+        println!(
+            "  serve memory: peak RSS (VmHWM) {:.1} MiB, RSS at the end {:.1} MiB",
+            mib(m.hwm_kib),
+            mib(m.rss_kib)
+        );
+        report.serve_peaks.push((scenario.to_owned(), m.hwm_kib));
+    }
+}
+
+/// A JSON document of exactly `size` bytes (what a callback carries).
+fn callback_body(size: usize) -> Vec<u8> {
+    let head = r#"{"source":"postback-bench","pad":""#;
+    let tail = r#""}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    format!("{head}{}{tail}", "x".repeat(pad)).into_bytes()
+}
+
+/// Queues `n` deliveries to `url` straight into the tables (what the API
+/// would have written), in batches; due now, or spread over 1 to 11
+/// hours from now when `future`.
+async fn bulk_insert(
+    pool: &PgPool,
+    n: u64,
+    url: &str,
+    body: &[u8],
+    future: bool,
+) -> anyhow::Result<()> {
+    const BATCH: u64 = 20_000;
+    let (offset, spread) = if future {
+        (3600.0f64, 36_000i64)
+    } else {
+        (0.0, 1)
+    };
+    let mut done = 0;
+    while done < n {
+        let k = BATCH.min(n - done);
+        let ids: Vec<Uuid> = (0..k).map(|_| Uuid::now_v7()).collect();
+        sqlx::query(
+            "WITH d AS (
+                 INSERT INTO postback.deliveries (id, kind, method, url, host, next_attempt_at, expires_at)
+                 SELECT t.id, 'generic', 'POST', $2, '127.0.0.1',
+                        now() + make_interval(secs => $4::float8 + (t.ord % $5::bigint)),
+                        now() + interval '7 days'
+                 FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
+                 RETURNING id)
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, body)
+             SELECT id, 'application/json', '{}'::jsonb, $3 FROM d",
+        )
+        .bind(&ids)
+        .bind(url)
+        .bind(body)
+        .bind(offset)
+        .bind(spread)
+        .execute(pool)
+        .await
+        .context("bulk insert")?;
+        done += k;
+    }
+    Ok(())
+}
+
+/// Figures of one drain.
+struct Drain {
+    rate: f64,
+    elapsed: Duration,
+}
+
+/// `n` due deliveries (behind `backlog` future ones) queued with no worker,
+/// then `postback worker` started: the rate from the first callback
+/// received to the last.
+async fn drain_run(
+    ctx: &Ctx,
+    report: &mut Report,
+    db: &str,
+    n: u64,
+    backlog: u64,
+) -> anyhow::Result<Drain> {
+    let url = ctx.pg.fresh_db(db).await?;
+    let schema = Schema::default();
+    let pool = postback::store::connect(&url, &schema, 4).await?;
+    postback::store::migrate(&pool, &schema).await?;
+    let rx = Receiver::start().await?;
+    let target = rx.url("/drain");
+    let body = callback_body(BODY_BYTES);
+    if backlog > 0 {
+        let t = Instant::now();
+        bulk_insert(&pool, backlog, &target, &body, true).await?;
+        println!(
+            "  queued {} deliveries due in 1 to 11 hours ({:.1} s)",
+            thousands(backlog as f64),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    bulk_insert(&pool, n, &target, &body, false).await?;
+    println!(
+        "  queued {} due deliveries of {BODY_BYTES} bytes ({:.1} s)",
+        thousands(n as f64),
+        t.elapsed().as_secs_f64()
+    );
+    // Both drains start from the same state: statistics and hint bits set,
+    // no checkpoint owed from the load.
+    sqlx::query("VACUUM (ANALYZE) postback.deliveries, postback.payloads")
+        .execute(&pool)
+        .await?;
+    sqlx::query("CHECKPOINT").execute(ctx.pg.admin()).await?;
+    pool.close().await;
+
+    let before = ctx.pg.probe(db).await?;
+    let mut worker = ctx.worker(db, &url)?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(120) + Duration::from_millis(n * 5);
+    let mut next_report = started + Duration::from_secs(5);
+    loop {
+        let got = rx.unique();
+        if got >= n {
+            break;
+        }
+        let now = Instant::now();
+        if now >= until {
+            bail!(
+                "only {got} of {n} deliveries arrived within {:?}",
+                until - started
+            );
+        }
+        if now >= next_report {
+            println!(
+                "  … {} of {} delivered",
+                thousands(got as f64),
+                thousands(n as f64)
+            );
+            next_report = now + Duration::from_secs(5);
+        }
+        worker.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (first, last) = rx.span().context("no arrivals")?;
+    let elapsed = last - first;
+    let rate = (n.saturating_sub(1)) as f64 / elapsed.as_secs_f64().max(1e-9);
+    let mem = worker.stop(STOP_GRACE).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // backends flush their statistics at exit
+    let after = ctx.pg.probe(db).await?;
+    let (wal, commits) = ctx.pg.delta(&before, &after).await?;
+    let pool = postback::store::connect(&url, &schema, 1).await?;
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postback.deliveries WHERE state = 'delivered'")
+            .fetch_one(&pool)
+            .await?;
+    pool.close().await;
+    println!(
+        "  {} delivered in {:.2} s (first to last callback): {} deliveries/s; worker start to first callback {}",
+        thousands(n as f64),
+        elapsed.as_secs_f64(),
+        thousands(rate),
+        ms(first.saturating_duration_since(started))
+    );
+    let detail = format!(
+        "{db}: {:.0} WAL bytes and {:.3} commits per delivery; {} duplicates; worker peak RSS {}; {} rows marked delivered",
+        wal / n as f64,
+        commits as f64 / n as f64,
+        rx.duplicates(),
+        mem.map_or("?".into(), |m| format!("{:.1} MiB", mib(m.hwm_kib))),
+        thousands(delivered as f64),
+    );
+    println!("  {detail}");
+    report.detail(detail);
+    if rx.without_id() > 0 {
+        report.detail(format!(
+            "{db}: WARNING: {} callbacks arrived without a webhook-id",
+            rx.without_id()
+        ));
+    }
+    if delivered as u64 != n {
+        report.detail(format!(
+            "{db}: WARNING: {delivered} rows are `delivered` after the worker stopped, expected {n}"
+        ));
+    }
+    rx.stop().await;
+    ctx.pg.drop_db(db).await;
+    Ok(Drain { rate, elapsed })
+}
+
+/// 1. drain.
+pub async fn drain(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let n = ctx.plan.drain_n;
+    let d = drain_run(ctx, report, "bench_drain", n, 0).await?;
+    report.empty_drain_rate = Some(d.rate);
+    report.row(
+        format!(
+            "drain: {} queued, then `postback worker`",
+            thousands(n as f64)
+        ),
+        format!(
+            "{} deliveries/s ({:.2} s)",
+            thousands(d.rate),
+            d.elapsed.as_secs_f64()
+        ),
+        "≥ 10,000/s",
+        Some(d.rate >= 10_000.0),
+    );
+    Ok(())
+}
+
+/// 2. ingest.
+pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = "bench_ingest";
+    let url = ctx.pg.fresh_db(db).await?;
+    let (mut serve, base) = ctx.serve(db, &url, 0, &[]).await?;
+    let clients = ctx.plan.ingest_clients;
+    let api = Api::new(&base, &ctx.token, 4)?;
+    // Never delivered (no workers); port 9 is discard.
+    let body = load::delivery_body("http://127.0.0.1:9/ingest", BODY_BYTES);
+    println!(
+        "  {clients} clients on 4 keep-alive connection pools, {BODY_BYTES}-byte bodies, 1 s warm-up then {} s",
+        ctx.plan.ingest_window.as_secs()
+    );
+    let res = load::closed_loop(
+        &api,
+        body,
+        clients,
+        Duration::from_secs(1),
+        ctx.plan.ingest_window,
+    )
+    .await;
+    serve.ensure_running()?;
+    let mem = serve.stop(STOP_GRACE).await?;
+    let rate = res.ok as f64 / res.window.as_secs_f64();
+    let s = Summary::of(res.latencies);
+    println!(
+        "  {} accepted/s; response p50 {} p99 {} max {}; {} errors{}",
+        thousands(rate),
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.max),
+        res.errors,
+        res.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    record_serve_peak(report, "ingest", mem);
+    let pool = postback::store::connect(&url, &Schema::default(), 1).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM postback.deliveries")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    if stored as u64 != res.ok_total {
+        report.detail(format!(
+            "ingest: WARNING: {} requests were accepted but {stored} deliveries are stored",
+            res.ok_total
+        ));
+    }
+    report.row(
+        format!("ingest: POST /v1/deliveries, {clients} clients, 1 KiB"),
+        format!("{} req/s", thousands(rate)),
+        "≥ 8,000 req/s",
+        Some(rate >= 8_000.0 && res.errors == 0),
+    );
+    report.row(
+        "ingest: response time p50 / p99",
+        format!("{} / {}", ms(s.p50), ms(s.p99)),
+        "",
+        None,
+    );
+    if res.errors > 0 {
+        report.detail(format!(
+            "ingest: {} requests failed (first: {})",
+            res.errors,
+            res.first_error.unwrap_or_default()
+        ));
+    }
+    ctx.pg.drop_db(db).await;
+    Ok(())
+}
+
+/// One open-loop step measured end to end.
+struct Step {
+    rate: f64,
+    accepted: usize,
+    latency: Summary,
+    response: Summary,
+    holds: bool,
+    why: String,
+}
+
+/// Offers `rate` for `duration` and measures send → received of every
+/// accepted delivery; `seen_before` is the receiver's count before.
+async fn step(
+    api: &Api,
+    rx: &Receiver,
+    serve: &mut Child,
+    body: &bytes::Bytes,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Step> {
+    let seen_before = rx.unique();
+    let res = load::open_loop(api, body.clone(), rate, duration, MAX_IN_FLIGHT).await;
+    let expect = seen_before + res.accepted.len() as u64;
+    let all = rx
+        .wait_for(expect, Instant::now() + Duration::from_secs(5), || {
+            serve.ensure_running()
+        })
+        .await?;
+    let mut lat = Vec::with_capacity(res.accepted.len());
+    let mut missing = 0usize;
+    for (id, sent) in &res.accepted {
+        match rx.arrival(*id) {
+            Some(at) => lat.push(at.saturating_duration_since(*sent)),
+            None => missing += 1,
+        }
+    }
+    let latency = Summary::of(lat);
+    let response = Summary::of(res.response);
+    let mut why = Vec::new();
+    if res.errors > 0 {
+        why.push(format!(
+            "{} requests failed (first: {})",
+            res.errors,
+            res.first_error.unwrap_or_default()
+        ));
+    }
+    if res.saturated > 0 {
+        why.push(format!(
+            "{} requests not sent: {MAX_IN_FLIGHT} already waiting for an answer",
+            res.saturated
+        ));
+    }
+    if res.max_lag > Duration::from_millis(100) {
+        why.push(format!(
+            "the load generator fell {} behind its schedule",
+            ms(res.max_lag)
+        ));
+    }
+    if !all || missing > 0 {
+        why.push(format!(
+            "{missing} accepted deliveries had not arrived 5 s after the step"
+        ));
+    }
+    if latency.p99 >= STEADY_P99 {
+        why.push(format!(
+            "p99 {} ≥ 1 s: a queue is building up",
+            ms(latency.p99)
+        ));
+    }
+    Ok(Step {
+        rate,
+        accepted: res.accepted.len(),
+        latency,
+        response,
+        holds: why.is_empty(),
+        why: why.join("; "),
+    })
+}
+
+/// 3. end to end.
+pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = "bench_e2e";
+    let url = ctx.pg.fresh_db(db).await?;
+    let rx = Receiver::start().await?;
+    let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
+    let api = Api::new(&base, &ctx.token, 8)?;
+    let body = load::delivery_body(&rx.url("/e2e"), BODY_BYTES);
+    let step_len = ctx.plan.step;
+    println!(
+        "  open loop: each rate for {} s; a rate holds when every request is accepted on schedule \
+         and every delivery arrives with p99 < 1 s",
+        step_len.as_secs_f64()
+    );
+    // Warm-up: connections, prepared statements, allocator.
+    let warm = step(&api, &rx, &mut serve, &body, 500.0, Duration::from_secs(1)).await?;
+    if !warm.holds {
+        bail!("the 500/s warm-up did not hold: {}", warm.why);
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    for rate in RATES {
+        let s = step(&api, &rx, &mut serve, &body, rate, step_len).await?;
+        println!(
+            "  {:>6}/s offered: {} accepted, send→received p50 {} p99 {} max {}, API p50 {} p99 {}: {}",
+            thousands(rate),
+            thousands(s.accepted as f64),
+            ms(s.latency.p50),
+            ms(s.latency.p99),
+            ms(s.latency.max),
+            ms(s.response.p50),
+            ms(s.response.p99),
+            if s.holds { "holds".to_owned() } else { format!("does not hold ({})", s.why) }
+        );
+        let holds = s.holds;
+        steps.push(s);
+        if !holds {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mem = serve.stop(STOP_GRACE).await?;
+    record_serve_peak(report, "end to end", mem);
+    let dups = rx.duplicates();
+    rx.stop().await;
+    let steady = steps.iter().filter(|s| s.holds).next_back();
+    let slo = steps
+        .iter()
+        .filter(|s| s.holds && s.latency.p99 < E2E_P99_TARGET)
+        .max_by(|a, b| a.rate.total_cmp(&b.rate));
+    let describe = |s: Option<&Step>| match s {
+        Some(s) => format!(
+            "{}/s (p50 {}, p99 {})",
+            thousands(s.rate),
+            ms(s.latency.p50),
+            ms(s.latency.p99)
+        ),
+        None => "below 500/s".to_owned(),
+    };
+    report.row(
+        "end to end: highest rate held with p99 < 50 ms (send → received)",
+        describe(slo),
+        "≥ 5,000/s with p99 < 50 ms",
+        Some(slo.is_some_and(|s| s.rate >= 5_000.0)),
+    );
+    report.row(
+        "end to end: highest steady rate (p99 < 1 s)",
+        describe(steady),
+        "",
+        None,
+    );
+    if let Some(last) = steps.last().filter(|s| !s.holds) {
+        report.detail(format!(
+            "end to end: {}/s did not hold: {}",
+            thousands(last.rate),
+            last.why
+        ));
+    }
+    if dups > 0 {
+        report.detail(format!("end to end: {dups} duplicate callbacks"));
+    }
+    ctx.pg.drop_db(db).await;
+    Ok(())
+}
+
+/// 4. first-attempt latency at light load.
+pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = "bench_light";
+    let url = ctx.pg.fresh_db(db).await?;
+    let rx = Receiver::start().await?;
+    let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
+    let api = Api::new(&base, &ctx.token, 2)?;
+    let body = load::delivery_body(&rx.url("/light"), BODY_BYTES);
+    let warm = step(
+        &api,
+        &rx,
+        &mut serve,
+        &body,
+        100.0,
+        Duration::from_millis(500),
+    )
+    .await?;
+    if !warm.holds {
+        bail!("the warm-up did not hold: {}", warm.why);
+    }
+    let window = ctx.plan.light_window;
+    let s = step(&api, &rx, &mut serve, &body, 100.0, window).await?;
+    println!(
+        "  100/s for {} s: {} accepted; send→received p50 {} p99 {} max {}; API response p50 {} p99 {}{}",
+        window.as_secs(),
+        s.accepted,
+        ms(s.latency.p50),
+        ms(s.latency.p99),
+        ms(s.latency.max),
+        ms(s.response.p50),
+        ms(s.response.p99),
+        if s.holds { String::new() } else { format!(" ({})", s.why) }
+    );
+    let mem = serve.stop(STOP_GRACE).await?;
+    record_serve_peak(report, "light load", mem);
+    rx.stop().await;
+    report.row(
+        "first attempt at 100/s: p50 (send → received)",
+        ms(s.latency.p50),
+        "< 1.5 ms",
+        Some(s.holds && s.latency.p50 < Duration::from_micros(1500)),
+    );
+    report.row(
+        "first attempt at 100/s: p99 (send → received)",
+        ms(s.latency.p99),
+        "< 3 ms",
+        Some(s.holds && s.latency.p99 < Duration::from_millis(3)),
+    );
+    if !s.holds {
+        report.detail(format!("light load: {}", s.why));
+    }
+    ctx.pg.drop_db(db).await;
+    Ok(())
+}
+
+/// 5. backlog.
+pub async fn backlog(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let n = ctx.plan.drain_n;
+    let future = ctx.plan.backlog_n;
+    let d = drain_run(ctx, report, "bench_backlog", n, future).await?;
+    let (value, met) = match report.empty_drain_rate {
+        Some(empty) => {
+            let ratio = d.rate / empty;
+            println!("  {:.1}% of the empty-table drain rate", ratio * 100.0);
+            (
+                format!(
+                    "{} deliveries/s = {:.1}% of the empty-table rate",
+                    thousands(d.rate),
+                    ratio * 100.0
+                ),
+                Some(ratio >= 0.9),
+            )
+        }
+        None => (
+            format!(
+                "{} deliveries/s (no empty-table drain to compare)",
+                thousands(d.rate)
+            ),
+            None,
+        ),
+    };
+    report.row(
+        format!(
+            "backlog: drain of {} due with {} scheduled hours ahead",
+            thousands(n as f64),
+            thousands(future as f64)
+        ),
+        value,
+        "within 10% of the empty-table drain",
+        met,
+    );
+    Ok(())
+}
+
+/// 6. memory: a 1 GiB media stream (the peak of every serve is added at the end).
+pub async fn memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let db = "bench_media";
+    let url = ctx.pg.fresh_db(db).await?;
+    let rx = Receiver::start().await?;
+    // One 1 GiB PUT takes longer than the 30 s default attempt timeout on a busy box.
+    let (mut serve, base) = ctx
+        .serve(
+            db,
+            &url,
+            ctx.plan.concurrency,
+            &[("POSTBACK_ATTEMPT_TIMEOUT", "300s")],
+        )
+        .await?;
+    let size = ctx.plan.media_bytes;
+    let path = ctx.dir.join("media.bin");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("create the sparse file {}", path.display()))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let job = json!({
+        "jobId": "bench-media",
+        "publish": {"callbacks": [{
+            "url": rx.url("/media"), "method": "PUT", "type": "media", "stream": "original"
+        }]}
+    });
+    let r = http
+        .post(format!("{base}/v1/jobs"))
+        .bearer_auth(&ctx.token)
+        .json(&job)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "POST /v1/jobs: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base_mem = serve.mem().context("read /proc/<serve>/status")?;
+    let result = json!({
+        "status": "finished",
+        "result": {"transcript": {"words": [{"p": 0, "s": 0, "e": 500, "c": 0.9, "w": "Hi"}]}},
+        "streams": [{"streamName": "original", "path": path.to_string_lossy(),
+                     "contentType": "application/octet-stream"}]
+    });
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/jobs/bench-media/result"))
+        .bearer_auth(&ctx.token)
+        .json(&result)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "POST /v1/jobs/bench-media/result: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let until = t0 + Duration::from_secs(600);
+    let mut peak_rss = base_mem.rss_kib;
+    loop {
+        if let Some(m) = serve.mem() {
+            peak_rss = peak_rss.max(m.rss_kib);
+        }
+        if rx.unique() >= 1 {
+            break;
+        }
+        if Instant::now() >= until {
+            bail!(
+                "the media callback had not arrived after 600 s ({} bytes received)",
+                rx.bytes()
+            );
+        }
+        serve.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    let after = serve.mem().unwrap_or_default();
+    // VmHWM catches a peak between two samples, but only if it is a new peak.
+    let peak = if after.hwm_kib > base_mem.hwm_kib {
+        after.hwm_kib.max(peak_rss)
+    } else {
+        peak_rss
+    };
+    let growth = peak.saturating_sub(base_mem.rss_kib);
+    let received = rx.bytes();
+    println!(
+        "  {:.2} GiB PUT received in {:.1} s ({:.0} MiB/s incl. signing); serve RSS {:.1} MiB before, {:.1} MiB at peak: +{:.1} MiB",
+        received as f64 / (1u64 << 30) as f64,
+        took.as_secs_f64(),
+        received as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        mib(base_mem.rss_kib),
+        mib(peak),
+        mib(growth)
+    );
+    let mem = serve.stop(STOP_GRACE).await?;
+    record_serve_peak(report, "media", mem);
+    rx.stop().await;
+    let _ = std::fs::remove_file(&path);
+    if received != size {
+        bail!("the receiver got {received} bytes of a {size}-byte stream");
+    }
+    report.row(
+        "memory: serve RSS growth during a 1 GiB media delivery",
+        format!("{:.1} MiB", mib(growth)),
+        "< 64 MiB",
+        Some(growth < 64 * 1024),
+    );
+    ctx.pg.drop_db(db).await;
+    Ok(())
+}
