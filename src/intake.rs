@@ -68,6 +68,15 @@ impl Postback {
         }
     }
 
+    /// `from` + POSTBACK_JOB_TTL, saturating at the latest representable
+    /// time instead of panicking on an absurd TTL.
+    fn expiry(&self, from: OffsetDateTime) -> OffsetDateTime {
+        time::Duration::try_from(self.job_ttl)
+            .ok()
+            .and_then(|ttl| from.checked_add(ttl))
+            .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc())
+    }
+
     /// The schema this handle reads and writes.
     pub fn schema(&self) -> &Schema {
         &self.schema
@@ -109,7 +118,7 @@ impl Postback {
             status: "in_progress".into(),
             result: None,
             created_at: now,
-            expires_at: now + self.job_ttl,
+            expires_at: self.expiry(now),
         };
         let mut conn = db.acquire().await?;
         let (stored, created) = store::jobs::insert(&mut conn, &self.schema, &row).await?;
@@ -206,7 +215,7 @@ impl Postback {
             auth: None,
             body: Some(body),
             file_path: None,
-            expires_at: now_millis() + self.job_ttl,
+            expires_at: self.expiry(now_millis()),
         };
         let mut tx = db.begin().await?;
         store::deliveries::insert(&mut tx, &self.schema, std::slice::from_ref(&row)).await?;
@@ -455,7 +464,10 @@ fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> R
 
 /// The result as customers may see it: never a stream's local `path`.
 fn public_result(result: &JobResult) -> Value {
-    let mut value = serde_json::to_value(&result.result).unwrap_or(Value::Null);
+    let mut value = match &result.result {
+        Some(output) => serde_json::to_value(output).unwrap_or_else(|_| json!({})),
+        None => json!({}),
+    };
     if let Value::Object(map) = &mut value {
         let streams: Vec<Value> = result
             .streams

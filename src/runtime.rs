@@ -195,12 +195,17 @@ impl Process {
             let stop = shutdown.clone();
             tasks.spawn(async move { dispatcher.run(stop).await.map_err(anyhow::Error::from) });
         }
-        tasks.spawn(
-            crate::metrics::run_gauges(self.pool.clone(), schema.clone(), shutdown.clone())
-                .map_ok(),
-        );
+        tasks.spawn(infallible(crate::metrics::run_gauges(
+            self.pool.clone(),
+            schema.clone(),
+            shutdown.clone(),
+        )));
         if self.role == Role::Serve {
-            tasks.spawn(run_retention(self.pool.clone(), schema, shutdown.clone()).map_ok());
+            tasks.spawn(infallible(run_retention(
+                self.pool.clone(),
+                schema,
+                shutdown.clone(),
+            )));
         }
         #[cfg(feature = "api")]
         if let Some(listener) = self.api.take() {
@@ -255,17 +260,10 @@ impl Process {
     }
 }
 
-trait MapOk {
-    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
-}
-
-impl<F: std::future::Future<Output = ()> + Send> MapOk for F {
-    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
-        async move {
-            self.await;
-            Ok(())
-        }
-    }
+/// Adapts a component that cannot fail to the JoinSet's result type.
+async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    component.await;
+    Ok(())
 }
 
 /// How often `serve` purges expired rows, and how many per statement.

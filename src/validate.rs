@@ -262,9 +262,17 @@ pub fn headers(
     at: &str,
     has_auth: bool,
 ) -> Result<(), Error> {
+    let mut seen = std::collections::BTreeSet::new();
     for (name, value) in headers {
         let field = format!("{at}.{name}");
         let lower = name.to_ascii_lowercase();
+        if !seen.insert(lower.clone()) {
+            return Err(Error::invalid(
+                "invalid_header",
+                field,
+                "is given twice (header names are case-insensitive); give it once",
+            ));
+        }
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(Error::invalid(
                 "invalid_header",

@@ -1423,6 +1423,18 @@ fn runbook_commands_flags_settings_and_paths_are_real() {
     ] {
         assert!(doc.contains(must), "the runbook does not mention {must:?}");
     }
+    // The runbook says the PostgreSQL client has no TLS: true while sqlx is
+    // built without a TLS feature.
+    let manifest = read(&root().join("Cargo.toml"));
+    let sqlx_line = manifest
+        .lines()
+        .find(|l| l.starts_with("sqlx "))
+        .expect("sqlx dependency");
+    assert_eq!(
+        doc.contains("has no TLS support"),
+        !sqlx_line.contains("tls"),
+        "docs/operations.md's statement about TLS to PostgreSQL no longer matches Cargo.toml"
+    );
     // Each alert has its section (checked from the rules' side too).
     let anchors = doc_anchors();
     for rule in alert_rules() {

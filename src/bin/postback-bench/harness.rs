@@ -125,27 +125,27 @@ impl Pg {
             .unwrap_or_else(|e| format!("? ({e})"))
     }
 
-    /// Cluster-wide WAL position and the database's commit count, to
-    /// report WAL bytes and commits per delivery.
-    pub async fn probe(&self, db: &str) -> anyhow::Result<Probe> {
-        let (lsn, commits): (String, i64) = sqlx::query_as(
+    /// Cluster-wide WAL position and next transaction id, to report WAL
+    /// bytes and write transactions per delivery (exact, unlike the
+    /// statistics views, which backends flush about once a second).
+    pub async fn probe(&self) -> anyhow::Result<Probe> {
+        let (lsn, xid): (String, i64) = sqlx::query_as(
             "SELECT pg_current_wal_lsn()::text, \
-                    coalesce((SELECT xact_commit FROM pg_stat_database WHERE datname = $1), 0)",
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
         )
-        .bind(db)
         .fetch_one(&self.admin)
         .await?;
-        Ok(Probe { lsn, commits })
+        Ok(Probe { lsn, xid })
     }
 
-    /// WAL bytes and commits between two probes.
+    /// WAL bytes and write transactions between two probes.
     pub async fn delta(&self, before: &Probe, after: &Probe) -> anyhow::Result<(f64, i64)> {
         let wal: f64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::float8")
             .bind(&after.lsn)
             .bind(&before.lsn)
             .fetch_one(&self.admin)
             .await?;
-        Ok((wal, after.commits - before.commits))
+        Ok((wal, after.xid - before.xid))
     }
 
     /// Stops the cluster and says whether it stopped cleanly.
@@ -175,7 +175,7 @@ impl Drop for Pg {
 #[derive(Debug, Clone)]
 pub struct Probe {
     lsn: String,
-    commits: i64,
+    xid: i64,
 }
 
 /// Memory of a process from /proc/<pid>/status, in KiB.
@@ -197,6 +197,97 @@ pub fn mem_of(pid: u32) -> Option<Mem> {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
     })
+}
+
+/// CPU time used so far by a `postback` child, PostgreSQL (postmaster,
+/// its live children and the children it has reaped) and this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    at: Instant,
+    postback: f64,
+    postgres: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    pub fn now(postback_pid: Option<u32>, pg_data: &Path) -> Cpu {
+        let tick = clock_tick();
+        let postback = postback_pid
+            .and_then(proc_stat)
+            .map_or(0.0, |s| (s.utime + s.stime) as f64 / tick);
+        let bench =
+            proc_stat(std::process::id()).map_or(0.0, |s| (s.utime + s.stime) as f64 / tick);
+        let postgres = std::fs::read_to_string(pg_data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+            .map_or(0.0, |pm| {
+                let mut ticks =
+                    proc_stat(pm).map_or(0, |s| s.utime + s.stime + s.cutime + s.cstime);
+                if let Ok(dir) = std::fs::read_dir("/proc") {
+                    for e in dir.filter_map(|e| e.ok()) {
+                        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                        else {
+                            continue;
+                        };
+                        if let Some(s) = proc_stat(pid).filter(|s| s.ppid == pm) {
+                            ticks += s.utime + s.stime;
+                        }
+                    }
+                }
+                ticks as f64 / tick
+            });
+        Cpu {
+            at: Instant::now(),
+            postback,
+            postgres,
+            bench,
+        }
+    }
+
+    /// `CPU: postback 1.2 s, PostgreSQL 2.3 s, bench 0.8 s in 2.0 s`.
+    pub fn since(&self, before: &Cpu) -> String {
+        let wall = self.at.duration_since(before.at).as_secs_f64();
+        format!(
+            "CPU in {wall:.1} s: postback {:.1} s, PostgreSQL {:.1} s, bench (load + receiver) {:.1} s",
+            self.postback - before.postback,
+            self.postgres - before.postgres,
+            self.bench - before.bench,
+        )
+    }
+}
+
+struct ProcStat {
+    ppid: u32,
+    utime: u64,
+    stime: u64,
+    cutime: u64,
+    cstime: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields from the state (field 3): ppid is 4, utime 14, stime 15, cutime 16, cstime 17.
+    let num = |i: usize| f.get(i - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        ppid: num(4)? as u32,
+        utime: num(14)?,
+        stime: num(15)?,
+        cutime: num(16)?,
+        cstime: num(17)?,
+    })
+}
+
+fn clock_tick() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 /// A `postback` child process: SIGTERM (then SIGKILL) on drop.
@@ -249,6 +340,10 @@ impl Child {
             inner: Some(inner),
             log,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn mem(&self) -> Option<Mem> {

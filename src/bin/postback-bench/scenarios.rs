@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{free_port, wait_ready, Child, Mem, Pg};
+use crate::harness::{free_port, wait_ready, Child, Cpu, Mem, Pg};
 use crate::load::{self, ms, Api, Summary};
 use crate::receiver::Receiver;
 use crate::report::{thousands, Report};
@@ -93,6 +93,11 @@ impl Ctx {
         let base = format!("http://127.0.0.1:{port}");
         wait_ready(&mut child, &base).await?;
         Ok((child, base))
+    }
+
+    /// CPU used so far by `child`, PostgreSQL and the bench.
+    fn cpu(&self, child: &Child) -> Cpu {
+        Cpu::now(Some(child.pid()), &self.dir.join("pg").join("data"))
     }
 
     fn worker(&self, name: &str, db_url: &str) -> anyhow::Result<Child> {
@@ -222,9 +227,10 @@ async fn drain_run(
     sqlx::query("CHECKPOINT").execute(ctx.pg.admin()).await?;
     pool.close().await;
 
-    let before = ctx.pg.probe(db).await?;
+    let before = ctx.pg.probe().await?;
     let mut worker = ctx.worker(db, &url)?;
     let started = Instant::now();
+    let cpu0 = ctx.cpu(&worker);
     let until = started + Duration::from_secs(120) + Duration::from_millis(n * 5);
     let mut next_report = started + Duration::from_secs(5);
     loop {
@@ -250,12 +256,12 @@ async fn drain_run(
         worker.ensure_running()?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let cpu = ctx.cpu(&worker).since(&cpu0);
     let (first, last) = rx.span().context("no arrivals")?;
     let elapsed = last - first;
     let rate = (n.saturating_sub(1)) as f64 / elapsed.as_secs_f64().max(1e-9);
     let mem = worker.stop(STOP_GRACE).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // backends flush their statistics at exit
-    let after = ctx.pg.probe(db).await?;
+    let after = ctx.pg.probe().await?;
     let (wal, commits) = ctx.pg.delta(&before, &after).await?;
     let pool = postback::store::connect(&url, &schema, 1).await?;
     let delivered: i64 =
@@ -271,15 +277,15 @@ async fn drain_run(
         ms(first.saturating_duration_since(started))
     );
     let detail = format!(
-        "{db}: {:.0} WAL bytes and {:.3} commits per delivery; {} duplicates; worker peak RSS {}; {} rows marked delivered",
+        "{db}: {:.0} WAL bytes and {:.3} write transactions per delivery; {} duplicates; worker peak RSS {}; {} rows marked delivered",
         wal / n as f64,
         commits as f64 / n as f64,
         rx.duplicates(),
         mem.map_or("?".into(), |m| format!("{:.1} MiB", mib(m.hwm_kib))),
         thousands(delivered as f64),
     );
-    println!("  {detail}");
-    report.detail(detail);
+    println!("  {detail}\n  {cpu}");
+    report.detail(format!("{detail}; {cpu}"));
     if rx.without_id() > 0 {
         report.detail(format!(
             "{db}: WARNING: {} callbacks arrived without a webhook-id",
@@ -330,6 +336,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         "  {clients} clients on 4 keep-alive connection pools, {BODY_BYTES}-byte bodies, 1 s warm-up then {} s",
         ctx.plan.ingest_window.as_secs()
     );
+    let cpu0 = ctx.cpu(&serve);
     let res = load::closed_loop(
         &api,
         body,
@@ -338,6 +345,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ctx.plan.ingest_window,
     )
     .await;
+    let cpu = ctx.cpu(&serve).since(&cpu0);
     serve.ensure_running()?;
     let mem = serve.stop(STOP_GRACE).await?;
     let rate = res.ok as f64 / res.window.as_secs_f64();
@@ -354,6 +362,8 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
+    println!("  {cpu} (warm-up included)");
+    report.detail(format!("ingest: {cpu} (warm-up included)"));
     record_serve_peak(report, "ingest", mem);
     let pool = postback::store::connect(&url, &Schema::default(), 1).await?;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM postback.deliveries")
@@ -397,11 +407,13 @@ struct Step {
     response: Summary,
     holds: bool,
     why: String,
+    cpu: String,
 }
 
 /// Offers `rate` for `duration` and measures send → received of every
 /// accepted delivery; `seen_before` is the receiver's count before.
 async fn step(
+    ctx: &Ctx,
     api: &Api,
     rx: &Receiver,
     serve: &mut Child,
@@ -410,6 +422,8 @@ async fn step(
     duration: Duration,
 ) -> anyhow::Result<Step> {
     let seen_before = rx.unique();
+    let cpu0 = ctx.cpu(serve);
+    let probe0 = ctx.pg.probe().await?;
     let res = load::open_loop(api, body.clone(), rate, duration, MAX_IN_FLIGHT).await;
     let expect = seen_before + res.accepted.len() as u64;
     let all = rx
@@ -417,6 +431,14 @@ async fn step(
             serve.ensure_running()
         })
         .await?;
+    let cpu = ctx.cpu(serve).since(&cpu0);
+    let (wal, commits) = ctx.pg.delta(&probe0, &ctx.pg.probe().await?).await?;
+    let per = res.accepted.len().max(1) as f64;
+    let cpu = format!(
+        "{cpu}; {:.0} WAL bytes and {:.2} write transactions per delivery",
+        wal / per,
+        commits as f64 / per
+    );
     let mut lat = Vec::with_capacity(res.accepted.len());
     let mut missing = 0usize;
     for (id, sent) in &res.accepted {
@@ -465,6 +487,7 @@ async fn step(
         response,
         holds: why.is_empty(),
         why: why.join("; "),
+        cpu,
     })
 }
 
@@ -483,13 +506,22 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         step_len.as_secs_f64()
     );
     // Warm-up: connections, prepared statements, allocator.
-    let warm = step(&api, &rx, &mut serve, &body, 500.0, Duration::from_secs(1)).await?;
+    let warm = step(
+        ctx,
+        &api,
+        &rx,
+        &mut serve,
+        &body,
+        500.0,
+        Duration::from_secs(1),
+    )
+    .await?;
     if !warm.holds {
         bail!("the 500/s warm-up did not hold: {}", warm.why);
     }
     let mut steps: Vec<Step> = Vec::new();
     for rate in RATES {
-        let s = step(&api, &rx, &mut serve, &body, rate, step_len).await?;
+        let s = step(ctx, &api, &rx, &mut serve, &body, rate, step_len).await?;
         println!(
             "  {:>6}/s offered: {} accepted, send→received p50 {} p99 {} max {}, API p50 {} p99 {}: {}",
             thousands(rate),
@@ -501,6 +533,7 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             ms(s.response.p99),
             if s.holds { "holds".to_owned() } else { format!("does not hold ({})", s.why) }
         );
+        println!("          {}", s.cpu);
         let holds = s.holds;
         steps.push(s);
         if !holds {
@@ -512,7 +545,7 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     record_serve_peak(report, "end to end", mem);
     let dups = rx.duplicates();
     rx.stop().await;
-    let steady = steps.iter().filter(|s| s.holds).next_back();
+    let steady = steps.iter().rfind(|s| s.holds);
     let slo = steps
         .iter()
         .filter(|s| s.holds && s.latency.p99 < E2E_P99_TARGET)
@@ -540,9 +573,10 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     );
     if let Some(last) = steps.last().filter(|s| !s.holds) {
         report.detail(format!(
-            "end to end: {}/s did not hold: {}",
+            "end to end: {}/s did not hold: {}; {}",
             thousands(last.rate),
-            last.why
+            last.why,
+            last.cpu
         ));
     }
     if dups > 0 {
@@ -561,6 +595,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let api = Api::new(&base, &ctx.token, 2)?;
     let body = load::delivery_body(&rx.url("/light"), BODY_BYTES);
     let warm = step(
+        ctx,
         &api,
         &rx,
         &mut serve,
@@ -573,7 +608,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         bail!("the warm-up did not hold: {}", warm.why);
     }
     let window = ctx.plan.light_window;
-    let s = step(&api, &rx, &mut serve, &body, 100.0, window).await?;
+    let s = step(ctx, &api, &rx, &mut serve, &body, 100.0, window).await?;
     println!(
         "  100/s for {} s: {} accepted; send→received p50 {} p99 {} max {}; API response p50 {} p99 {}{}",
         window.as_secs(),
@@ -585,6 +620,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ms(s.response.p99),
         if s.holds { String::new() } else { format!(" ({})", s.why) }
     );
+    println!("  {}", s.cpu);
     let mem = serve.stop(STOP_GRACE).await?;
     record_serve_peak(report, "light load", mem);
     rx.stop().await;
@@ -696,6 +732,7 @@ pub async fn memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                      "contentType": "application/octet-stream"}]
     });
     let t0 = Instant::now();
+    let cpu0 = ctx.cpu(&serve);
     let r = http
         .post(format!("{base}/v1/jobs/bench-media/result"))
         .bearer_auth(&ctx.token)
@@ -728,6 +765,7 @@ pub async fn memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = t0.elapsed();
+    let cpu = ctx.cpu(&serve).since(&cpu0);
     let after = serve.mem().unwrap_or_default();
     // VmHWM catches a peak between two samples, but only if it is a new peak.
     let peak = if after.hwm_kib > base_mem.hwm_kib {
@@ -746,6 +784,7 @@ pub async fn memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         mib(peak),
         mib(growth)
     );
+    println!("  {cpu}");
     let mem = serve.stop(STOP_GRACE).await?;
     record_serve_peak(report, "media", mem);
     rx.stop().await;
