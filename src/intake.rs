@@ -161,9 +161,9 @@ impl Postback {
     {
         validate::job_result(&result)?;
         let mut tx = db.begin().await?;
-        let job = store::jobs::find(&mut *tx, &self.schema, job_id, true)
-            .await?
-            .ok_or_else(|| not_found_job(job_id))?;
+        let Some(job) = store::jobs::find(&mut *tx, &self.schema, job_id, true).await? else {
+            return Err(self.missing_job(&mut tx, job_id).await);
+        };
         if job.expires_at <= OffsetDateTime::now_utc() {
             return Err(expired(&job));
         }
@@ -231,9 +231,9 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let mut conn = db.acquire().await?;
-        let job = store::jobs::find(&mut *conn, &self.schema, job_id, false)
-            .await?
-            .ok_or_else(|| not_found_job(job_id))?;
+        let Some(job) = store::jobs::find(&mut *conn, &self.schema, job_id, false).await? else {
+            return Err(self.missing_job(&mut conn, job_id).await);
+        };
         if job.expires_at <= OffsetDateTime::now_utc() {
             return Err(expired(&job));
         }
@@ -483,6 +483,23 @@ fn public_result(result: &JobResult) -> Value {
         }
     }
     value
+}
+
+impl Postback {
+    /// The error for a job that is not stored: `job_expired` when a purge
+    /// left its tombstone, `job_not_found` for ids never seen.
+    async fn missing_job(&self, conn: &mut sqlx::PgConnection, id: &str) -> Error {
+        match store::jobs::tombstone(&mut *conn, &self.schema, id).await {
+            Ok(Some(expired_at)) => Error::Expired {
+                id: id.to_owned(),
+                expired_at: expired_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            },
+            Ok(None) => not_found_job(id),
+            Err(err) => err,
+        }
+    }
 }
 
 fn not_found_job(id: &str) -> Error {

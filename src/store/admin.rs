@@ -118,6 +118,9 @@ pub async fn select_ids<'e, E: PgExecutor<'e>>(
     Ok(ids)
 }
 
+/// How long the id of a purged job keeps answering `job_expired`.
+pub const TOMBSTONE_DAYS: i32 = 90;
+
 /// What one purge pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -134,9 +137,16 @@ pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     schema: &Schema,
     batch: i64,
 ) -> Result<Purged> {
+    // A purged job leaves a tombstone, so polling it still answers
+    // `job_expired`; tombstones themselves go after TOMBSTONE_DAYS.
     let jobs = sqlx::query(&schema.sql(
-        "DELETE FROM postback.jobs WHERE id IN (
-             SELECT id FROM postback.jobs WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+        "WITH gone AS (
+             DELETE FROM postback.jobs WHERE id IN (
+                 SELECT id FROM postback.jobs WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, expires_at)
+         INSERT INTO postback.job_tombstones (id, expired_at)
+         SELECT id, expires_at FROM gone
+         ON CONFLICT (id) DO UPDATE SET expired_at = EXCLUDED.expired_at, purged_at = now()",
     ))
     .bind(batch)
     .execute(db)
@@ -150,6 +160,15 @@ pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     .execute(db)
     .await?
     .rows_affected();
+    sqlx::query(&schema.sql(
+        "DELETE FROM postback.job_tombstones WHERE id IN (
+             SELECT id FROM postback.job_tombstones
+             WHERE purged_at < now() - make_interval(days => $2) LIMIT $1)",
+    ))
+    .bind(batch)
+    .bind(TOMBSTONE_DAYS)
+    .execute(db)
+    .await?;
     Ok(Purged { jobs, deliveries })
 }
 

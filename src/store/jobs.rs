@@ -143,3 +143,18 @@ pub async fn callback_statuses<'e, E: PgExecutor<'e>>(
         })
         .collect()
 }
+
+/// When job `id` expired, if it was purged (and its tombstone is kept).
+pub async fn tombstone<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    id: &str,
+) -> Result<Option<OffsetDateTime>> {
+    let expired_at = sqlx::query_scalar(&schema.sql(
+        "SELECT expired_at FROM postback.job_tombstones WHERE id = $1",
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(expired_at)
+}

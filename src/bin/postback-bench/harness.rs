@@ -4,6 +4,7 @@
 //! Every guard here stops what it started when dropped (error, panic or
 //! Ctrl-C), so a run never leaves a server or a child behind.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -148,6 +149,40 @@ impl Pg {
         Ok((wal, after.xid - before.xid))
     }
 
+    /// Samples what the active backends of `db` wait on, every 20 ms,
+    /// until [`WaitSampler::finish`].
+    pub fn sample_waits(&self, db: &str) -> WaitSampler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let pool = self.admin.clone();
+        let db = db.to_owned();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen: HashMap<String, u64> = HashMap::new();
+            let mut samples = 0u64;
+            while !until.is_cancelled() {
+                let rows: Vec<String> = sqlx::query_scalar(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'on CPU') \
+                     FROM pg_stat_activity \
+                     WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+                )
+                .bind(&db)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                samples += 1;
+                for r in rows {
+                    *seen.entry(r).or_default() += 1;
+                }
+                tokio::select! {
+                    _ = until.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            (seen, samples)
+        });
+        WaitSampler { stop, task }
+    }
+
     /// Stops the cluster and says whether it stopped cleanly.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.admin.close().await;
@@ -168,6 +203,38 @@ impl Drop for Pg {
                 eprintln!("bench: stopping PostgreSQL failed: {err}");
             }
         }
+    }
+}
+
+/// See [`Pg::sample_waits`].
+pub struct WaitSampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<(HashMap<String, u64>, u64)>,
+}
+
+impl WaitSampler {
+    /// `PostgreSQL backends (mean 5.2 active): Lock:object 61%, on CPU 20%, …`.
+    pub async fn finish(self) -> String {
+        self.stop.cancel();
+        let Ok((seen, samples)) = self.task.await else {
+            return "PostgreSQL wait sampling failed".into();
+        };
+        let total: u64 = seen.values().sum();
+        if total == 0 || samples == 0 {
+            return "PostgreSQL backends: never active when sampled".into();
+        }
+        let mut waits: Vec<(String, u64)> = seen.into_iter().collect();
+        waits.sort_by(|a, b| b.1.cmp(&a.1));
+        let top: Vec<String> = waits
+            .iter()
+            .take(4)
+            .map(|(w, n)| format!("{w} {:.0}%", *n as f64 * 100.0 / total as f64))
+            .collect();
+        format!(
+            "PostgreSQL backends (mean {:.1} active): {}",
+            total as f64 / samples as f64,
+            top.join(", ")
+        )
     }
 }
 

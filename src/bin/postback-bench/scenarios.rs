@@ -231,6 +231,7 @@ async fn drain_run(
     let mut worker = ctx.worker(db, &url)?;
     let started = Instant::now();
     let cpu0 = ctx.cpu(&worker);
+    let waits = ctx.pg.sample_waits(db);
     let until = started + Duration::from_secs(120) + Duration::from_millis(n * 5);
     let mut next_report = started + Duration::from_secs(5);
     loop {
@@ -257,6 +258,7 @@ async fn drain_run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cpu = ctx.cpu(&worker).since(&cpu0);
+    let waits = waits.finish().await;
     let (first, last) = rx.span().context("no arrivals")?;
     let elapsed = last - first;
     let rate = (n.saturating_sub(1)) as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -284,8 +286,8 @@ async fn drain_run(
         mem.map_or("?".into(), |m| format!("{:.1} MiB", mib(m.hwm_kib))),
         thousands(delivered as f64),
     );
-    println!("  {detail}\n  {cpu}");
-    report.detail(format!("{detail}; {cpu}"));
+    println!("  {detail}\n  {cpu}\n  {waits}");
+    report.detail(format!("{detail}; {cpu}; {waits}"));
     if rx.without_id() > 0 {
         report.detail(format!(
             "{db}: WARNING: {} callbacks arrived without a webhook-id",
@@ -337,6 +339,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ctx.plan.ingest_window.as_secs()
     );
     let cpu0 = ctx.cpu(&serve);
+    let waits = ctx.pg.sample_waits(db);
     let res = load::closed_loop(
         &api,
         body,
@@ -346,6 +349,7 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     )
     .await;
     let cpu = ctx.cpu(&serve).since(&cpu0);
+    let waits = waits.finish().await;
     serve.ensure_running()?;
     let mem = serve.stop(STOP_GRACE).await?;
     let rate = res.ok as f64 / res.window.as_secs_f64();
@@ -362,8 +366,8 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
-    println!("  {cpu} (warm-up included)");
-    report.detail(format!("ingest: {cpu} (warm-up included)"));
+    println!("  {cpu} (warm-up included)\n  {waits}");
+    report.detail(format!("ingest: {cpu} (warm-up included); {waits}"));
     record_serve_peak(report, "ingest", mem);
     let pool = postback::store::connect(&url, &Schema::default(), 1).await?;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM postback.deliveries")
@@ -414,6 +418,7 @@ struct Step {
 /// accepted delivery; `seen_before` is the receiver's count before.
 async fn step(
     ctx: &Ctx,
+    db: &str,
     api: &Api,
     rx: &Receiver,
     serve: &mut Child,
@@ -424,6 +429,7 @@ async fn step(
     let seen_before = rx.unique();
     let cpu0 = ctx.cpu(serve);
     let probe0 = ctx.pg.probe().await?;
+    let waits = ctx.pg.sample_waits(db);
     let res = load::open_loop(api, body.clone(), rate, duration, MAX_IN_FLIGHT).await;
     let expect = seen_before + res.accepted.len() as u64;
     let all = rx
@@ -432,10 +438,11 @@ async fn step(
         })
         .await?;
     let cpu = ctx.cpu(serve).since(&cpu0);
+    let waits = waits.finish().await;
     let (wal, commits) = ctx.pg.delta(&probe0, &ctx.pg.probe().await?).await?;
     let per = res.accepted.len().max(1) as f64;
     let cpu = format!(
-        "{cpu}; {:.0} WAL bytes and {:.2} write transactions per delivery",
+        "{cpu}; {:.0} WAL bytes and {:.2} write transactions per delivery; {waits}",
         wal / per,
         commits as f64 / per
     );
@@ -508,6 +515,7 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     // Warm-up: connections, prepared statements, allocator.
     let warm = step(
         ctx,
+        db,
         &api,
         &rx,
         &mut serve,
@@ -521,7 +529,7 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
     let mut steps: Vec<Step> = Vec::new();
     for rate in RATES {
-        let s = step(ctx, &api, &rx, &mut serve, &body, rate, step_len).await?;
+        let s = step(ctx, db, &api, &rx, &mut serve, &body, rate, step_len).await?;
         println!(
             "  {:>6}/s offered: {} accepted, send→received p50 {} p99 {} max {}, API p50 {} p99 {}: {}",
             thousands(rate),
@@ -596,6 +604,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let body = load::delivery_body(&rx.url("/light"), BODY_BYTES);
     let warm = step(
         ctx,
+        db,
         &api,
         &rx,
         &mut serve,
@@ -608,7 +617,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         bail!("the warm-up did not hold: {}", warm.why);
     }
     let window = ctx.plan.light_window;
-    let s = step(ctx, &api, &rx, &mut serve, &body, 100.0, window).await?;
+    let s = step(ctx, db, &api, &rx, &mut serve, &body, 100.0, window).await?;
     println!(
         "  100/s for {} s: {} accepted; send→received p50 {} p99 {} max {}; API response p50 {} p99 {}{}",
         window.as_secs(),
