@@ -224,7 +224,7 @@ impl WaitSampler {
             return "PostgreSQL backends: never active when sampled".into();
         }
         let mut waits: Vec<(String, u64)> = seen.into_iter().collect();
-        waits.sort_by(|a, b| b.1.cmp(&a.1));
+        waits.sort_by_key(|w| std::cmp::Reverse(w.1));
         let top: Vec<String> = waits
             .iter()
             .take(4)

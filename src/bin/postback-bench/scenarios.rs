@@ -416,16 +416,22 @@ struct Step {
 
 /// Offers `rate` for `duration` and measures send → received of every
 /// accepted delivery; `seen_before` is the receiver's count before.
+/// What an open-loop step drives and watches.
+struct Rig<'a> {
+    db: &'a str,
+    api: &'a Api,
+    rx: &'a Receiver,
+    body: &'a bytes::Bytes,
+}
+
 async fn step(
     ctx: &Ctx,
-    db: &str,
-    api: &Api,
-    rx: &Receiver,
+    rig: &Rig<'_>,
     serve: &mut Child,
-    body: &bytes::Bytes,
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<Step> {
+    let Rig { db, api, rx, body } = *rig;
     let seen_before = rx.unique();
     let cpu0 = ctx.cpu(serve);
     let probe0 = ctx.pg.probe().await?;
@@ -506,6 +512,12 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
     let api = Api::new(&base, &ctx.token, 8)?;
     let body = load::delivery_body(&rx.url("/e2e"), BODY_BYTES);
+    let rig = Rig {
+        db,
+        api: &api,
+        rx: &rx,
+        body: &body,
+    };
     let step_len = ctx.plan.step;
     println!(
         "  open loop: each rate for {} s; a rate holds when every request is accepted on schedule \
@@ -513,23 +525,13 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         step_len.as_secs_f64()
     );
     // Warm-up: connections, prepared statements, allocator.
-    let warm = step(
-        ctx,
-        db,
-        &api,
-        &rx,
-        &mut serve,
-        &body,
-        500.0,
-        Duration::from_secs(1),
-    )
-    .await?;
+    let warm = step(ctx, &rig, &mut serve, 500.0, Duration::from_secs(1)).await?;
     if !warm.holds {
         bail!("the 500/s warm-up did not hold: {}", warm.why);
     }
     let mut steps: Vec<Step> = Vec::new();
     for rate in RATES {
-        let s = step(ctx, db, &api, &rx, &mut serve, &body, rate, step_len).await?;
+        let s = step(ctx, &rig, &mut serve, rate, step_len).await?;
         println!(
             "  {:>6}/s offered: {} accepted, send→received p50 {} p99 {} max {}, API p50 {} p99 {}: {}",
             thousands(rate),
@@ -602,22 +604,18 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
     let api = Api::new(&base, &ctx.token, 2)?;
     let body = load::delivery_body(&rx.url("/light"), BODY_BYTES);
-    let warm = step(
-        ctx,
+    let rig = Rig {
         db,
-        &api,
-        &rx,
-        &mut serve,
-        &body,
-        100.0,
-        Duration::from_millis(500),
-    )
-    .await?;
+        api: &api,
+        rx: &rx,
+        body: &body,
+    };
+    let warm = step(ctx, &rig, &mut serve, 100.0, Duration::from_millis(500)).await?;
     if !warm.holds {
         bail!("the warm-up did not hold: {}", warm.why);
     }
     let window = ctx.plan.light_window;
-    let s = step(ctx, db, &api, &rx, &mut serve, &body, 100.0, window).await?;
+    let s = step(ctx, &rig, &mut serve, 100.0, window).await?;
     println!(
         "  100/s for {} s: {} accepted; send→received p50 {} p99 {} max {}; API response p50 {} p99 {}{}",
         window.as_secs(),
