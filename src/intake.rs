@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::delivery::Handoff;
 use crate::egress::EgressPolicy;
 use crate::error::{Error, Result};
 use crate::model::{
@@ -36,6 +37,18 @@ pub struct Postback {
     schema: Schema,
     job_ttl: Duration,
     policy: Arc<EgressPolicy>,
+    notify: NotifyMode,
+}
+
+/// How library calls wake the workers of other processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotifyMode {
+    /// `pg_notify` inside the transaction: delivered exactly at commit,
+    /// whoever commits (right for a caller's own transaction).
+    InTransaction,
+    /// The caller wakes workers itself after commit (the API does, through
+    /// a coalescing [`crate::delivery::Notifier`]).
+    Deferred,
 }
 
 /// Whether `create_job` made a new job or found the same one.
@@ -65,6 +78,23 @@ impl Postback {
                 config.egress_allow.clone(),
                 config.egress_deny.clone(),
             )),
+            notify: NotifyMode::InTransaction,
+        }
+    }
+
+    /// This handle's calls do not NOTIFY inside their transactions; the
+    /// caller wakes workers after commit instead (see
+    /// [`crate::delivery::Notifier`]). Under load this keeps commits from
+    /// queueing behind PostgreSQL's notification lock.
+    pub fn with_deferred_notify(mut self) -> Self {
+        self.notify = NotifyMode::Deferred;
+        self
+    }
+
+    async fn notify_in_tx(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        match self.notify {
+            NotifyMode::InTransaction => notify_workers(conn).await,
+            NotifyMode::Deferred => Ok(()),
         }
     }
 
@@ -183,7 +213,7 @@ impl Postback {
         };
         let stored = serde_json::to_value(&result).unwrap_or(Value::Null);
         store::jobs::set_result(&mut tx, &self.schema, job_id, status, &stored).await?;
-        notify_workers(&mut tx).await?;
+        self.notify_in_tx(&mut tx).await?;
         let job = store::jobs::find(&mut *tx, &self.schema, job_id, false)
             .await?
             .ok_or_else(|| not_found_job(job_id))?;
@@ -201,8 +231,26 @@ impl Postback {
     where
         A: Acquire<'a, Database = Postgres>,
     {
+        Ok(self.enqueue_handing_off(db, delivery, None).await?.0)
+    }
+
+    /// [`Postback::enqueue`], and when `handoff` has room for the
+    /// destination, the delivery is stored already leased to this process
+    /// and its first attempt starts at once, without a claim (see
+    /// [`crate::delivery::Handoff`]). Returns the id and whether the
+    /// attempt was started here (else the workers must be woken).
+    pub async fn enqueue_handing_off<'a, A>(
+        &self,
+        db: A,
+        delivery: NewDelivery,
+        handoff: Option<&Handoff>,
+    ) -> Result<(Uuid, bool)>
+    where
+        A: Acquire<'a, Database = Postgres>,
+    {
         let (host, body, content_type) = validate::new_delivery(&self.policy, &delivery)?;
         let id = Uuid::now_v7();
+        let now = now_millis();
         let row = store::deliveries::NewDelivery {
             id,
             job_id: None,
@@ -215,14 +263,38 @@ impl Postback {
             auth: None,
             body: Some(body),
             file_path: None,
-            expires_at: self.expiry(now_millis()),
+            expires_at: self.expiry(now),
         };
-        let mut tx = db.begin().await?;
-        store::deliveries::insert(&mut tx, &self.schema, std::slice::from_ref(&row)).await?;
-        notify_workers(&mut tx).await?;
-        tx.commit().await?;
+        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
+        // One statement: both rows (and the NOTIFY, if any) commit together
+        // without a BEGIN/COMMIT round trip of their own.
+        let mut conn = db.acquire().await?;
+        let notify = self.notify == NotifyMode::InTransaction && lease.is_none();
+        store::deliveries::insert_one(&mut conn, &self.schema, &row, notify, lease).await?;
         metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => "generic").increment(1);
-        Ok(id)
+        if let (Some(handoff), Some(reservation)) = (handoff, reservation) {
+            let claimed = store::queue::Claimed {
+                id,
+                job_id: None,
+                kind: row.kind,
+                method: row.method,
+                url: row.url,
+                host: row.host,
+                lease: reservation.lease,
+                cycle_attempts: 0,
+                cycle_started_at: None,
+                queued_at: now,
+                content_type: row.content_type,
+                headers: row.headers,
+                auth: None,
+                body: row.body,
+                file_path: None,
+            };
+            handoff.start(reservation, claimed);
+            return Ok((id, true));
+        }
+        Ok((id, false))
     }
 
     /// The job as polling shows it.
@@ -266,7 +338,7 @@ impl Postback {
                 .await?;
         match outcome {
             Replayed::Queued => {
-                notify_workers(&mut tx).await?;
+                self.notify_in_tx(&mut tx).await?;
                 tx.commit().await?;
                 Ok(())
             }

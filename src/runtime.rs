@@ -111,7 +111,9 @@ impl Process {
             }
         };
         config.database_url = Some(database_url.clone());
-        let pool_size = (config.concurrency / 8).clamp(8, 64) as u32;
+        // Enough for the API's concurrent requests and the workers' claim,
+        // completion, LISTEN and gauge connections.
+        let pool_size = (config.concurrency / 4).clamp(16, 64) as u32;
         let pool = match store::connect(&database_url, &schema, pool_size).await {
             Ok(pool) => pool,
             Err(err) => {
@@ -191,6 +193,7 @@ impl Process {
         let schema = Schema::new(self.config.db_schema.clone());
         let mut tasks = tokio::task::JoinSet::new();
         let waker = self.dispatcher.as_ref().map(Dispatcher::waker);
+        let handoff = self.dispatcher.as_ref().map(Dispatcher::handoff);
         if let Some(dispatcher) = self.dispatcher.take() {
             let stop = shutdown.clone();
             tasks.spawn(async move { dispatcher.run(stop).await.map_err(anyhow::Error::from) });
@@ -211,7 +214,9 @@ impl Process {
         if let Some(listener) = self.api.take() {
             let state = crate::api::AppState {
                 pool: self.pool.clone(),
-                postback: crate::intake::Postback::new(&self.config),
+                postback: crate::intake::Postback::new(&self.config).with_deferred_notify(),
+                notifier: crate::delivery::Notifier::new(self.pool.clone()),
+                handoff,
                 token: self.config.api_token.clone().map(Into::into),
                 waker,
                 metrics: self.metrics.clone(),
@@ -242,7 +247,7 @@ impl Process {
             });
         }
         #[cfg(not(feature = "api"))]
-        let _ = waker;
+        let _ = (waker, handoff);
         tracing::info!(role = ?self.role, "running");
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {

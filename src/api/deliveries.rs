@@ -44,9 +44,12 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(delivery): JsonBody<NewDelivery>,
 ) -> Result<Response, ApiError> {
-    let delivery_id = state.postback.enqueue(&state.pool, delivery).await?;
-    if let Some(waker) = &state.waker {
-        waker.wake();
+    let (delivery_id, started) = state
+        .postback
+        .enqueue_handing_off(&state.pool, delivery, state.handoff.as_ref())
+        .await?;
+    if !started {
+        state.wake_workers();
     }
     Ok((StatusCode::ACCEPTED, Json(DeliveryAccepted { delivery_id })).into_response())
 }
@@ -96,8 +99,6 @@ pub async fn replay(
 ) -> Result<Response, ApiError> {
     let delivery_id = delivery_id(path)?;
     state.postback.replay(&state.pool, delivery_id).await?;
-    if let Some(waker) = &state.waker {
-        waker.wake();
-    }
+    state.wake_workers();
     Ok((StatusCode::ACCEPTED, Json(DeliveryAccepted { delivery_id })).into_response())
 }

@@ -144,8 +144,6 @@ pub async fn post_result(
         .postback
         .post_result(&state.pool, &job_id, result)
         .await?;
-    if let Some(waker) = &state.waker {
-        waker.wake();
-    }
+    state.wake_workers();
     Ok(Json(view).into_response())
 }

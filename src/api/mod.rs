@@ -45,6 +45,11 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// Wakes this process's workers after a commit (None: API-only process).
     pub waker: Option<Waker>,
+    /// Starts fresh deliveries in this process without a claim (None: an
+    /// API-only process).
+    pub handoff: Option<crate::delivery::Handoff>,
+    /// Wakes workers of other processes (coalesced NOTIFY after commit).
+    pub notifier: crate::delivery::Notifier,
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
     /// Local addresses outbound connections bind to.
@@ -125,6 +130,17 @@ pub fn routes() -> Vec<(&'static str, String)> {
     let mut all = v1_routes().routes;
     all.extend(open_routes().routes);
     all
+}
+
+impl AppState {
+    /// Something was committed to the queue: wake this process's workers
+    /// at once and the other processes' through one coalesced NOTIFY.
+    pub fn wake_workers(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+        self.notifier.notify();
+    }
 }
 
 /// The whole API.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
 
 use super::Waker;
 use crate::error::{is_connectivity, Error};
@@ -28,9 +29,30 @@ pub async fn run(
     schema: Schema,
     mut rx: UnboundedReceiver<Completion>,
     waker: Waker,
+    stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
-    while rx.recv_many(&mut batch, FLUSH_BATCH).await > 0 {
+    loop {
+        tokio::select! {
+            received = rx.recv_many(&mut batch, FLUSH_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+            }
+            // Every attempt has finished and sent its outcome before `stop`
+            // (the dispatcher waits for them): write what is left, then end.
+            _ = stop.cancelled() => {
+                while let Ok(c) = rx.try_recv() {
+                    batch.push(c);
+                    if batch.len() == FLUSH_BATCH {
+                        flush(&pool, &schema, &batch).await;
+                        batch.clear();
+                    }
+                }
+                flush(&pool, &schema, &batch).await;
+                return;
+            }
+        }
         flush(&pool, &schema, &batch).await;
         batch.clear();
         waker.wake();

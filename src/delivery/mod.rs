@@ -16,7 +16,9 @@
 
 mod attempt;
 mod completer;
+mod handoff;
 mod hosts;
+mod notifier;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +26,15 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use attempt::{AttemptReport, Sender};
-pub use hosts::HostSlots;
+pub use notifier::Notifier;
+pub use handoff::{Handoff, Reservation};
+pub use hosts::{HostSlot, HostSlots};
 
 use crate::config::Config;
 use crate::egress::Egress;
@@ -103,12 +107,43 @@ impl Waker {
 pub struct Dispatcher {
     pool: PgPool,
     schema: Schema,
-    sender: Arc<Sender>,
-    retry: RetryPolicy,
-    concurrency: usize,
-    hosts: HostSlots,
+    attempts: Attempts,
     lease: Duration,
     waker: Waker,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+}
+
+/// What starting an attempt needs, shared by the claim loop and the
+/// in-process [`Handoff`].
+#[derive(Debug, Clone)]
+struct Attempts {
+    sender: Arc<Sender>,
+    retry: RetryPolicy,
+    slots: Arc<Semaphore>,
+    hosts: HostSlots,
+    done: mpsc::UnboundedSender<Completion>,
+    tracker: TaskTracker,
+}
+
+impl Attempts {
+    /// Runs one attempt as its own task; its outcome goes to the completer.
+    fn start(&self, d: Claimed, permit: OwnedSemaphorePermit, host_slot: HostSlot) {
+        let sender = self.sender.clone();
+        let done = self.done.clone();
+        let retry = self.retry;
+        let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
+        self.tracker.spawn(
+            async move {
+                let report = sender.attempt(&d).await;
+                drop(host_slot);
+                let completion = completion_for(&d, &report, &retry);
+                record_metrics(&d, &report, &completion);
+                let _ = done.send(completion);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
 }
 
 impl Dispatcher {
@@ -127,13 +162,19 @@ impl Dispatcher {
             )),
         };
         let egress = Egress::new(settings, config.attempt_timeout)?;
+        let (done, done_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             pool,
             schema: Schema::new(config.db_schema.clone()),
-            sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
-            retry: config.retry_policy(),
-            concurrency: config.concurrency.max(1),
-            hosts: HostSlots::new(config.per_host_concurrency as usize),
+            attempts: Attempts {
+                sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
+                retry: config.retry_policy(),
+                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                hosts: HostSlots::new(config.per_host_concurrency as usize),
+                done,
+                tracker: TaskTracker::new(),
+            },
+            done_rx,
             // Long enough that a live worker always completes first: the
             // attempt itself is bounded by the timeout, the rest is slack.
             lease: config.attempt_timeout * 2 + Duration::from_secs(30),
@@ -147,43 +188,70 @@ impl Dispatcher {
         self.waker.clone()
     }
 
+    /// A handle the API uses to start fresh deliveries in this process at
+    /// once, without a claim round trip (see [`Handoff`]).
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            attempts: self.attempts.clone(),
+            lease: self.lease,
+        }
+    }
+
     /// Runs until `shutdown` is cancelled: then stops claiming, lets the
     /// attempts in flight finish (each bounded by the attempt timeout),
     /// writes their outcomes, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
-        let completer = tokio::spawn(completer::run(
-            self.pool.clone(),
-            self.schema.clone(),
+        let Dispatcher {
+            pool,
+            schema,
+            attempts,
+            lease,
+            waker,
             done_rx,
-            self.waker.clone(),
+        } = self;
+        let this = Running {
+            pool,
+            schema,
+            attempts,
+            lease,
+            waker,
+        };
+        let slots = this.attempts.slots.clone();
+        let completer_stop = CancellationToken::new();
+        let completer = tokio::spawn(completer::run(
+            this.pool.clone(),
+            this.schema.clone(),
+            done_rx,
+            this.waker.clone(),
+            completer_stop.clone(),
         ));
         let listener_stop = CancellationToken::new();
         let listener = tokio::spawn(listen(
-            self.pool.clone(),
-            self.waker.clone(),
+            this.pool.clone(),
+            this.waker.clone(),
             listener_stop.clone(),
         ));
-        let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(50);
 
         while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
             let free = slots.available_permits().min(CLAIM_BATCH);
             if free == 0 {
+                // Every slot is busy: wait for one to come back.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tasks.join_next() => continue,
+                    permit = slots.acquire() => {
+                        drop(permit);
+                        continue;
+                    }
                 }
             }
-            let room = self.hosts.room();
+            let room = this.attempts.hosts.room();
             let full_before = room.full().len();
             let claimed = match queue::claim(
-                &self.pool,
-                &self.schema,
+                &this.pool,
+                &this.schema,
                 free as i64,
-                self.lease.as_secs_f64(),
+                this.lease.as_secs_f64(),
                 &room,
             )
             .await
@@ -209,7 +277,7 @@ impl Dispatcher {
             let drained = claimed.len() < free;
             let mut deferred = Vec::new();
             for d in claimed {
-                let Some(host_slot) = self.hosts.try_take(&d.host) else {
+                let Some(host_slot) = this.attempts.hosts.try_take(&d.host) else {
                     deferred.push((d.id, d.lease));
                     continue;
                 };
@@ -217,26 +285,12 @@ impl Dispatcher {
                     deferred.push((d.id, d.lease));
                     continue;
                 };
-                let sender = self.sender.clone();
-                let done = done_tx.clone();
-                let retry = self.retry;
-                let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
-                tasks.spawn(
-                    async move {
-                        let report = sender.attempt(&d).await;
-                        drop(host_slot);
-                        let completion = completion_for(&d, &report, &retry);
-                        record_metrics(&d, &report, &completion);
-                        let _ = done.send(completion);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                this.attempts.start(d, permit, host_slot);
             }
             if !deferred.is_empty() {
                 if let Err(err) = queue::release(
-                    &self.pool,
-                    &self.schema,
+                    &this.pool,
+                    &this.schema,
                     &deferred,
                     OffsetDateTime::now_utc(),
                 )
@@ -245,24 +299,38 @@ impl Dispatcher {
                     tracing::warn!(%err, "could not release deferred deliveries; their lease will expire");
                 }
             }
-            let filled_up = got_any && self.hosts.full_hosts().len() > full_before;
+            let filled_up = got_any && this.attempts.hosts.full_hosts().len() > full_before;
             if drained && !filled_up {
-                self.idle(&shutdown).await;
+                this.idle(&shutdown).await;
             }
         }
 
-        // Attempts in flight finish; nothing else was claimed.
-        while tasks.join_next().await.is_some() {}
-        drop(done_tx);
+        // Attempts in flight finish (handed-off ones too); nothing else was
+        // claimed. Then their outcomes are written.
+        this.attempts.tracker.close();
+        this.attempts.tracker.wait().await;
+        completer_stop.cancel();
         let _ = completer.await;
         listener_stop.cancel();
         let _ = listener.await;
         Ok(())
     }
 
+}
+
+/// The parts of a dispatcher its claim loop uses once running.
+struct Running {
+    pool: PgPool,
+    schema: Schema,
+    attempts: Attempts,
+    lease: Duration,
+    waker: Waker,
+}
+
+impl Running {
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
-        let full = self.hosts.full_hosts();
+        let full = self.attempts.hosts.full_hosts();
         let wait = match queue::next_due(&self.pool, &self.schema, &full).await {
             Ok(Some(at)) => {
                 let until = at - OffsetDateTime::now_utc();

@@ -88,6 +88,49 @@ pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelive
     Ok(())
 }
 
+/// Queues one delivery in a single statement (one round trip, atomic on
+/// its own), optionally notifying `postback_due` in the same statement.
+/// With `lease`, the row is stored already claimed by that lease token
+/// (state `delivering`, due again when the lease runs out).
+pub async fn insert_one(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    d: &NewDelivery,
+    notify: bool,
+    lease: Option<(Uuid, std::time::Duration)>,
+) -> Result<()> {
+    sqlx::query(&schema.sql(
+        "WITH d AS (
+             INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $14), $7,
+                     CASE WHEN $15::uuid IS NULL THEN 'pending' ELSE 'delivering' END, $15)
+             RETURNING id),
+         p AS (
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+             SELECT id, $8, $9, $10, $11, $12 FROM d
+             RETURNING delivery_id)
+         SELECT CASE WHEN $13 THEN pg_notify('postback_due', '') END FROM p",
+    ))
+    .bind(d.id)
+    .bind(&d.job_id)
+    .bind(&d.kind)
+    .bind(&d.method)
+    .bind(&d.url)
+    .bind(&d.host)
+    .bind(d.expires_at)
+    .bind(&d.content_type)
+    .bind(&d.headers)
+    .bind(&d.auth)
+    .bind(&d.body)
+    .bind(&d.file_path)
+    .bind(notify)
+    .bind(lease.map_or(0.0, |(_, d)| d.as_secs_f64()))
+    .bind(lease.map(|(token, _)| token))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Header values are secrets: every read masks them.
 pub fn mask_headers(headers: &Value) -> BTreeMap<String, String> {
     headers

@@ -92,13 +92,17 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     let busy_hosts: Vec<&str> = room.busy.iter().map(|(h, _)| h.as_str()).collect();
     let busy_room: Vec<i64> = room.busy.iter().map(|(_, r)| *r).collect();
     let rows = sqlx::query(&schema.sql(
-        "WITH cand AS MATERIALIZED (
+        // Candidates are read without locks and trimmed to each host's room
+        // first; only the rows actually taken are locked (SKIP LOCKED, with
+        // the due time re-checked on the locked row). Locking every candidate
+        // would write a WAL record per row just to throw most of them back
+        // when one host's backlog fills the head of the queue.
+        "WITH cand AS (
              SELECT id, host, next_attempt_at FROM postback.deliveries
              WHERE next_attempt_at <= now() AND host <> ALL($4::text[])
              ORDER BY next_attempt_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED),
-         due AS (
+             LIMIT $1),
+         pick AS (
              SELECT r.id, r.due_at FROM (
                  SELECT c.id, c.next_attempt_at AS due_at,
                         row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id) AS rn,
@@ -106,6 +110,10 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
                  FROM cand c
                  LEFT JOIN unnest($6::text[], $7::int8[]) AS b(host, room) ON b.host = c.host) r
              WHERE r.rn <= r.room),
+         due AS (
+             SELECT d.id, pick.due_at FROM postback.deliveries d JOIN pick ON pick.id = d.id
+             WHERE d.next_attempt_at <= now()
+             FOR UPDATE OF d SKIP LOCKED),
          claimed AS (
              UPDATE postback.deliveries d
              SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
