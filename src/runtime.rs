@@ -217,6 +217,11 @@ impl Process {
                 postback: crate::intake::Postback::new(&self.config).with_deferred_notify(),
                 notifier: crate::delivery::Notifier::new(self.pool.clone()),
                 handoff,
+                batcher: crate::intake::Batcher::start(
+                    self.pool.clone(),
+                    Schema::new(self.config.db_schema.clone()),
+                    BATCH_WRITERS,
+                ),
                 token: self.config.api_token.clone().map(Into::into),
                 waker,
                 metrics: self.metrics.clone(),
@@ -270,6 +275,10 @@ async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow:
     component.await;
     Ok(())
 }
+
+/// Group-commit writers of the API: enough to overlap one batch's commit
+/// with the next one's gathering, few enough to keep batches large.
+const BATCH_WRITERS: usize = 4;
 
 /// How often `serve` purges expired rows, and how many per statement.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

@@ -46,7 +46,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let (delivery_id, started) = state
         .postback
-        .enqueue_handing_off(&state.pool, delivery, state.handoff.as_ref())
+        .enqueue_batched(&state.batcher, delivery, state.handoff.as_ref())
         .await?;
     if !started {
         state.wake_workers();

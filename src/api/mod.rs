@@ -48,6 +48,8 @@ pub struct AppState {
     /// Starts fresh deliveries in this process without a claim (None: an
     /// API-only process).
     pub handoff: Option<crate::delivery::Handoff>,
+    /// Group-commit writers for generic deliveries.
+    pub batcher: crate::intake::Batcher,
     /// Wakes workers of other processes (coalesced NOTIFY after commit).
     pub notifier: crate::delivery::Notifier,
     /// Prometheus exposition.

@@ -27,14 +27,14 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use attempt::{AttemptReport, Sender};
-pub use notifier::Notifier;
 pub use handoff::{Handoff, Reservation};
 pub use hosts::{HostSlot, HostSlots};
+pub use notifier::Notifier;
 
 use crate::config::Config;
 use crate::egress::Egress;
@@ -315,7 +315,6 @@ impl Dispatcher {
         let _ = listener.await;
         Ok(())
     }
-
 }
 
 /// The parts of a dispatcher its claim loop uses once running.

@@ -43,21 +43,57 @@ pub struct NewDelivery {
 
 /// Queues `batch` (two statements however many deliveries).
 pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelivery]) -> Result<()> {
+    let unleased = vec![None; batch.len()];
+    insert_leased(conn, schema, batch, &unleased).await
+}
+
+/// Queues `batch` in ONE statement (deliveries and payloads together, so
+/// the batch is atomic even outside a transaction). `leases[i]`, when
+/// set, stores delivery `i` already claimed by that token for that long.
+pub async fn insert_leased(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    batch: &[NewDelivery],
+    leases: &[Option<(Uuid, std::time::Duration)>],
+) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
-    let job_ids: Vec<Option<String>> = batch.iter().map(|d| d.job_id.clone()).collect();
+    let job_ids: Vec<Option<&str>> = batch.iter().map(|d| d.job_id.as_deref()).collect();
     let kinds: Vec<&str> = batch.iter().map(|d| d.kind.as_str()).collect();
     let methods: Vec<&str> = batch.iter().map(|d| d.method.as_str()).collect();
     let urls: Vec<&str> = batch.iter().map(|d| d.url.as_str()).collect();
     let hosts: Vec<&str> = batch.iter().map(|d| d.host.as_str()).collect();
     let expires: Vec<OffsetDateTime> = batch.iter().map(|d| d.expires_at).collect();
+    let lease_ids: Vec<Option<Uuid>> = (0..batch.len())
+        .map(|i| leases.get(i).copied().flatten().map(|l| l.0))
+        .collect();
+    let lease_secs: Vec<f64> = (0..batch.len())
+        .map(|i| {
+            leases
+                .get(i)
+                .copied()
+                .flatten()
+                .map_or(0.0, |l| l.1.as_secs_f64())
+        })
+        .collect();
+    let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
+    let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
+    let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
+    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
     sqlx::query(&schema.sql(
-        "INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at)
-         SELECT id, job_id, kind, method, url, host, now(), expires_at
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-              AS t(id, job_id, kind, method, url, host, expires_at)",
+        "WITH d AS (
+             INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
+             SELECT id, job_id, kind, method, url, host, now() + make_interval(secs => lease_secs), expires_at,
+                    CASE WHEN lease IS NULL THEN 'pending' ELSE 'delivering' END, lease
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[], $8::uuid[], $9::float8[])
+                  AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs)
+             RETURNING 1)
+         INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+         SELECT * FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])",
     ))
     .bind(&ids)
     .bind(&job_ids)
@@ -66,18 +102,8 @@ pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelive
     .bind(&urls)
     .bind(&hosts)
     .bind(&expires)
-    .execute(&mut *conn)
-    .await?;
-    let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
-    let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
-    let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
-    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
-    let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
-    sqlx::query(&schema.sql(
-        "INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::bytea[], $6::text[])",
-    ))
-    .bind(&ids)
+    .bind(&lease_ids)
+    .bind(&lease_secs)
     .bind(&content_types)
     .bind(&headers)
     .bind(&auths)

@@ -150,9 +150,9 @@ pub async fn tombstone<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     id: &str,
 ) -> Result<Option<OffsetDateTime>> {
-    let expired_at = sqlx::query_scalar(&schema.sql(
-        "SELECT expired_at FROM postback.job_tombstones WHERE id = $1",
-    ))
+    let expired_at = sqlx::query_scalar(
+        &schema.sql("SELECT expired_at FROM postback.job_tombstones WHERE id = $1"),
+    )
     .bind(id)
     .fetch_optional(db)
     .await?;

@@ -9,4 +9,5 @@ mod delivery;
 mod egress;
 mod embedding;
 mod foundation;
+mod intake;
 mod operations;

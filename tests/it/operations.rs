@@ -235,9 +235,15 @@ async fn purge_expired_leaves_no_row_of_an_expired_job() {
     let gone = app.get("/v1/jobs/old").await;
     assert_eq!(gone.status(), 404);
     let body: Value = gone.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "job_expired", "a purged job must still answer job_expired");
+    assert_eq!(
+        body["error"]["code"], "job_expired",
+        "a purged job must still answer job_expired"
+    );
     let never = app.get("/v1/jobs/never-seen").await;
-    assert_eq!(never.json::<Value>().await.unwrap()["error"]["code"], "job_not_found");
+    assert_eq!(
+        never.json::<Value>().await.unwrap()["error"]["code"],
+        "job_not_found"
+    );
     app.stop().await;
 }
 

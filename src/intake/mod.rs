@@ -16,6 +16,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::Config;
+mod batcher;
+
+pub use batcher::Batcher;
+
 use crate::delivery::Handoff;
 use crate::egress::EgressPolicy;
 use crate::error::{Error, Result};
@@ -248,11 +252,36 @@ impl Postback {
     where
         A: Acquire<'a, Database = Postgres>,
     {
+        let row = self.generic_row(delivery)?;
+        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
+        let mut conn = db.acquire().await?;
+        // A leased row needs no wake-up: its attempt starts here.
+        let notify = self.notify == NotifyMode::InTransaction && lease.is_none();
+        store::deliveries::insert_one(&mut conn, &self.schema, &row, notify, lease).await?;
+        Ok(self.accepted(row, handoff, reservation))
+    }
+
+    /// [`Postback::enqueue_handing_off`] through the API's group-commit
+    /// [`Batcher`]; never NOTIFYs (the caller wakes workers after).
+    pub async fn enqueue_batched(
+        &self,
+        batcher: &Batcher,
+        delivery: NewDelivery,
+        handoff: Option<&Handoff>,
+    ) -> Result<(Uuid, bool)> {
+        let row = self.generic_row(delivery)?;
+        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
+        batcher.submit(row.clone(), lease).await?;
+        Ok(self.accepted(row, handoff, reservation))
+    }
+
+    /// A validated generic delivery as it will be stored.
+    fn generic_row(&self, delivery: NewDelivery) -> Result<store::deliveries::NewDelivery> {
         let (host, body, content_type) = validate::new_delivery(&self.policy, &delivery)?;
-        let id = Uuid::now_v7();
-        let now = now_millis();
-        let row = store::deliveries::NewDelivery {
-            id,
+        Ok(store::deliveries::NewDelivery {
+            id: Uuid::now_v7(),
             job_id: None,
             kind: "generic".into(),
             method: delivery.method.as_str().into(),
@@ -263,38 +292,42 @@ impl Postback {
             auth: None,
             body: Some(body),
             file_path: None,
-            expires_at: self.expiry(now),
-        };
-        let reservation = handoff.and_then(|h| h.reserve(&row.host));
-        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
-        // One statement: both rows (and the NOTIFY, if any) commit together
-        // without a BEGIN/COMMIT round trip of their own.
-        let mut conn = db.acquire().await?;
-        let notify = self.notify == NotifyMode::InTransaction && lease.is_none();
-        store::deliveries::insert_one(&mut conn, &self.schema, &row, notify, lease).await?;
+            expires_at: self.expiry(now_millis()),
+        })
+    }
+
+    /// After the row committed: counts it and, when a slot was reserved,
+    /// starts its first attempt.
+    fn accepted(
+        &self,
+        row: store::deliveries::NewDelivery,
+        handoff: Option<&Handoff>,
+        reservation: Option<crate::delivery::Reservation>,
+    ) -> (Uuid, bool) {
         metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => "generic").increment(1);
-        if let (Some(handoff), Some(reservation)) = (handoff, reservation) {
-            let claimed = store::queue::Claimed {
-                id,
-                job_id: None,
-                kind: row.kind,
-                method: row.method,
-                url: row.url,
-                host: row.host,
-                lease: reservation.lease,
-                cycle_attempts: 0,
-                cycle_started_at: None,
-                queued_at: now,
-                content_type: row.content_type,
-                headers: row.headers,
-                auth: None,
-                body: row.body,
-                file_path: None,
-            };
-            handoff.start(reservation, claimed);
-            return Ok((id, true));
-        }
-        Ok((id, false))
+        let id = row.id;
+        let (Some(handoff), Some(reservation)) = (handoff, reservation) else {
+            return (id, false);
+        };
+        let claimed = store::queue::Claimed {
+            id,
+            job_id: None,
+            kind: row.kind,
+            method: row.method,
+            url: row.url,
+            host: row.host,
+            lease: reservation.lease,
+            cycle_attempts: 0,
+            cycle_started_at: None,
+            queued_at: OffsetDateTime::now_utc(),
+            content_type: row.content_type,
+            headers: row.headers,
+            auth: None,
+            body: row.body,
+            file_path: None,
+        };
+        handoff.start(reservation, claimed);
+        (id, true)
     }
 
     /// The job as polling shows it.
