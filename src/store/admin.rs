@@ -68,10 +68,30 @@ pub async fn list<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     filter: &Filter,
 ) -> Result<Vec<DeliveryLine>> {
+    list_ordered(db, schema, filter, "d.queued_at DESC, d.id DESC").await
+}
+
+/// Ids of the deliveries matching `filter`, oldest first (replay order).
+pub async fn select_ids<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    filter: &Filter,
+) -> Result<Vec<Uuid>> {
+    let lines = list_ordered(db, schema, filter, "d.queued_at, d.id").await?;
+    Ok(lines.into_iter().map(|l| l.delivery_id).collect())
+}
+
+/// Deliveries matching `filter` in `order` (a constant ORDER BY list).
+async fn list_ordered<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    filter: &Filter,
+    order: &'static str,
+) -> Result<Vec<DeliveryLine>> {
     let sql = format!(
         "SELECT d.id, d.job_id, d.kind, d.method, d.url, d.state, d.attempts, d.last_status_code, d.last_error,
                 d.queued_at, CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at
-         {FILTER_SQL} ORDER BY d.queued_at DESC, d.id DESC LIMIT $5"
+         {FILTER_SQL} ORDER BY {order} LIMIT $5"
     );
     let rows = sqlx::query(&schema.sql(&sql))
         .bind(&filter.status)
@@ -98,24 +118,6 @@ pub async fn list<'e, E: PgExecutor<'e>>(
             })
         })
         .collect()
-}
-
-/// Ids of the deliveries matching `filter`, oldest first (replay order).
-pub async fn select_ids<'e, E: PgExecutor<'e>>(
-    db: E,
-    schema: &Schema,
-    filter: &Filter,
-) -> Result<Vec<Uuid>> {
-    let sql = format!("SELECT d.id {FILTER_SQL} ORDER BY d.queued_at, d.id LIMIT $5");
-    let ids = sqlx::query_scalar(&schema.sql(&sql))
-        .bind(&filter.status)
-        .bind(filter.since)
-        .bind(&filter.host)
-        .bind(&filter.job)
-        .bind(filter.limit)
-        .fetch_all(db)
-        .await?;
-    Ok(ids)
 }
 
 /// How long the id of a purged job keeps answering `job_expired`.
