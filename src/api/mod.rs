@@ -4,7 +4,7 @@
 //! message}}` bodies, and the OpenAPI document; it must not contain
 //! business rules or SQL.
 //!
-//! Every route is added through [`RouteTable::add`], which takes its method
+//! Every route is added through `RouteTable::add`, which takes its method
 //! and path from the handler's `#[utoipa::path]` annotation: the router and
 //! the OpenAPI document describe the same routes by construction, and a
 //! test compares [`routes`] with the document.

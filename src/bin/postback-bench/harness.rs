@@ -245,7 +245,7 @@ pub struct Probe {
     xid: i64,
 }
 
-/// Memory of a process from /proc/<pid>/status, in KiB.
+/// Memory of a process from `/proc/<pid>/status`, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mem {
     pub rss_kib: u64,
