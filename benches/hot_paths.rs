@@ -20,7 +20,11 @@ fn one_hour_transcript() -> Transcript {
             s: i * 360,
             e: i * 360 + 300,
             c: 0.9,
-            w: if i % 12 == 11 { "end.".to_owned() } else { format!("word{}", i % 97) },
+            w: if i % 12 == 11 {
+                "end.".to_owned()
+            } else {
+                format!("word{}", i % 97)
+            },
         })
         .collect();
     Transcript {
@@ -40,7 +44,9 @@ fn rendering(c: &mut Criterion) {
         ("dfxp", TranscriptFormat::Dfxp),
         ("text", TranscriptFormat::Text),
     ] {
-        group.bench_function(name, |b| b.iter(|| render_transcript(black_box(&transcript), format)));
+        group.bench_function(name, |b| {
+            b.iter(|| render_transcript(black_box(&transcript), format))
+        });
     }
     group.finish();
 }
@@ -51,7 +57,14 @@ fn signing(c: &mut Criterion) {
     let mut group = c.benchmark_group("sign");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("1 MiB body", |b| {
-        b.iter(|| sign(&secret, black_box("01a2129d-0cf1-7359-9f90-50feefc927f2"), 1_795_600_000, black_box(&body)))
+        b.iter(|| {
+            sign(
+                &secret,
+                black_box("01a2129d-0cf1-7359-9f90-50feefc927f2"),
+                1_795_600_000,
+                black_box(&body),
+            )
+        })
     });
     group.finish();
 }
@@ -63,7 +76,9 @@ fn schedule(c: &mut Criterion) {
         b.iter(|| {
             let mut now = first;
             let mut made = 1;
-            while let postback::schedule::Next::At(at) = next_attempt(black_box(&policy), made, first, now) {
+            while let postback::schedule::Next::At(at) =
+                next_attempt(black_box(&policy), made, first, now)
+            {
                 now = at;
                 made += 1;
             }

@@ -50,6 +50,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the database could not be reached (an outage, a restart,
+    /// a dropped connection): retrying later can succeed, and nothing was
+    /// refused on its merits.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Database(e) => is_connectivity(e),
+            _ => false,
+        }
+    }
+
     /// A validation error for `field`.
     pub fn invalid(
         code: &'static str,
@@ -91,3 +102,18 @@ pub fn is_connectivity(err: &sqlx::Error) -> bool {
 
 /// Library result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectivity_failures_are_unavailable_whichever_variant_holds_them() {
+        let converted = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(matches!(converted, Error::Unavailable(_)));
+        assert!(converted.is_unavailable());
+        assert!(Error::Database(sqlx::Error::PoolClosed).is_unavailable());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!Error::invalid("bad", "f", "r").is_unavailable());
+    }
+}

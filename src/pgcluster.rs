@@ -141,6 +141,34 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Stops the server (fast shutdown, as [`Cluster::stop`]) but keeps the
+    /// handle usable: [`Cluster::start_again`] brings the same data back on
+    /// the same socket. For maintenance windows and the fault tests, which
+    /// take the database away under a running Postback.
+    pub fn stop_for_restart(&self) -> Result<(), ClusterError> {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&self.data),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Starts the server again after [`Cluster::stop_for_restart`].
+    pub fn start_again(&mut self) -> Result<(), ClusterError> {
+        self.pg_ctl_start()?;
+        self.stopped = false;
+        Ok(())
+    }
+
     /// Marks the cluster as not to be stopped by this handle.
     pub fn detach(mut self) {
         self.stopped = true;

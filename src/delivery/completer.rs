@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::Waker;
-use crate::error::{is_connectivity, Error};
+use crate::error::Error;
 use crate::store::queue::{self, Completion};
 use crate::store::Schema;
 
@@ -59,13 +59,25 @@ pub async fn run(
     }
 }
 
+/// Connectivity errors arrive as [`Error::Unavailable`] (see the `From`
+/// conversion); matching only `Error::Database` here once made every
+/// outcome of an outage count as refused, dropped until its lease expired
+/// and then sent again.
 fn is_outage(err: &Error) -> bool {
-    matches!(err, Error::Database(e) if is_connectivity(e))
+    err.is_unavailable()
 }
+
+/// How long a flush keeps retrying through an outage before it gives the
+/// outcomes up (their leases have usually run out by then).
+const FLUSH_GIVE_UP: Duration = Duration::from_secs(180);
+/// Longest pause between retries: outcomes are written within a second of
+/// the database coming back.
+const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
     let mut backoff = Duration::from_millis(50);
-    for _ in 0..40 {
+    let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
+    while tokio::time::Instant::now() < give_up {
         match queue::complete(pool, schema, batch).await {
             Ok(written) => {
                 if (written as usize) < batch.len() {
@@ -92,7 +104,7 @@ async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
             Err(err) => {
                 tracing::warn!(%err, ?backoff, n = batch.len(), "could not write outcomes; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(FLUSH_BACKOFF_MAX);
             }
         }
     }

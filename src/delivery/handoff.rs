@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use uuid::Uuid;
 
 use super::{Attempts, HostSlot};
@@ -30,6 +31,11 @@ pub struct Handoff {
 pub struct Reservation {
     permit: OwnedSemaphorePermit,
     slot: HostSlot,
+    /// Counts as an attempt in flight for the dispatcher's shutdown, which
+    /// therefore waits for a reserved delivery to be started (and its
+    /// outcome written) instead of stopping between the insert and the
+    /// start and leaving the row leased until the lease runs out.
+    _in_flight: TaskTrackerToken,
     /// The lease token to insert the delivery with.
     pub lease: Uuid,
     /// How long the lease lasts.
@@ -43,11 +49,17 @@ impl Handoff {
         if self.attempts.tracker.is_closed() {
             return None;
         }
+        let in_flight = self.attempts.tracker.token();
+        if self.attempts.tracker.is_closed() {
+            // Shutdown began between the check above and the token.
+            return None;
+        }
         let permit = self.attempts.slots.clone().try_acquire_owned().ok()?;
         let slot = self.attempts.hosts.try_take(host)?;
         Some(Reservation {
             permit,
             slot,
+            _in_flight: in_flight,
             lease: Uuid::now_v7(),
             lease_for: self.lease,
         })

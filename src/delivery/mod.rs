@@ -49,6 +49,10 @@ use crate::store::Schema;
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Most deliveries one claim takes.
 pub const CLAIM_BATCH: usize = 512;
+/// Longest wait between claims while the database is unreachable: short,
+/// so work resumes within a second of the database coming back (a failed
+/// connection attempt a second costs nothing).
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Outcome class of one attempt (the `outcome` metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,10 +270,18 @@ impl Dispatcher {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(CLAIM_BACKOFF_MAX);
                     continue;
                 }
             };
+            if shutdown.is_cancelled() {
+                // The signal came while the claim was in flight: these were
+                // never started, so hand them back now rather than leave
+                // them leased until the lease runs out.
+                let items: Vec<_> = claimed.iter().map(|d| (d.id, d.lease)).collect();
+                this.release_now(&items).await;
+                break;
+            }
             // Fewer than asked for: the queue has no more due work for us,
             // unless a host filled up during this claim (its backlog may
             // have hidden other hosts' due rows: claim again at once).
@@ -287,18 +299,7 @@ impl Dispatcher {
                 };
                 this.attempts.start(d, permit, host_slot);
             }
-            if !deferred.is_empty() {
-                if let Err(err) = queue::release(
-                    &this.pool,
-                    &this.schema,
-                    &deferred,
-                    OffsetDateTime::now_utc(),
-                )
-                .await
-                {
-                    tracing::warn!(%err, "could not release deferred deliveries; their lease will expire");
-                }
-            }
+            this.release_now(&deferred).await;
             let filled_up = got_any && this.attempts.hosts.full_hosts().len() > full_before;
             if drained && !filled_up {
                 this.idle(&shutdown).await;
@@ -327,6 +328,18 @@ struct Running {
 }
 
 impl Running {
+    /// Hands claimed but unstarted deliveries back, due now.
+    async fn release_now(&self, items: &[(uuid::Uuid, uuid::Uuid)]) {
+        if items.is_empty() {
+            return;
+        }
+        if let Err(err) =
+            queue::release(&self.pool, &self.schema, items, OffsetDateTime::now_utc()).await
+        {
+            tracing::warn!(%err, n = items.len(), "could not release claimed deliveries; their lease will expire");
+        }
+    }
+
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
         let full = self.attempts.hosts.full_hosts();
