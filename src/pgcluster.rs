@@ -125,20 +125,7 @@ impl Cluster {
             return Ok(());
         }
         self.stopped = true;
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&self.data),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                "stop",
-            ],
-        )
-        .map(|_| ())
+        self.stop_for_restart()
     }
 
     /// Stops the server (fast shutdown, as [`Cluster::stop`]) but keeps the
@@ -186,7 +173,6 @@ impl Cluster {
                 "-E",
                 "UTF8",
                 "--no-locale",
-                "--no-sync",
             ],
         )?;
         let conf = self.data.join("postgresql.conf");
