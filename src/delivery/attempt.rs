@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT,
@@ -117,7 +116,7 @@ impl Sender {
             (Some(body), _) => {
                 let signature = signing::sign(&self.secret, &msg_id, timestamp, body);
                 insert(&mut headers, "webhook-signature", &signature)?;
-                request.headers(headers).body(Bytes::copy_from_slice(body))
+                request.headers(headers).body(body.clone())
             }
             (None, Some(path)) => {
                 let (signature, len) = sign_file(&self.secret, &msg_id, timestamp, path).await?;

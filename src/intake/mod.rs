@@ -323,7 +323,7 @@ impl Postback {
             content_type: row.content_type,
             headers: row.headers,
             auth: None,
-            body: row.body,
+            body: row.body.map(bytes::Bytes::from),
             file_path: None,
         };
         handoff.start(reservation, claimed);

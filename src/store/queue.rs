@@ -46,8 +46,8 @@ pub struct Claimed {
     pub headers: Value,
     /// Per-callback auth.
     pub auth: Option<Value>,
-    /// Body, unless media.
-    pub body: Option<Vec<u8>>,
+    /// Body, unless media; shared, so every attempt sends it without copying.
+    pub body: Option<bytes::Bytes>,
     /// File to stream, for media.
     pub file_path: Option<String>,
 }
@@ -149,7 +149,9 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
                 content_type: r.try_get("content_type")?,
                 headers: r.try_get("headers")?,
                 auth: r.try_get("auth")?,
-                body: r.try_get("body")?,
+                body: r
+                    .try_get::<Option<Vec<u8>>, _>("body")?
+                    .map(bytes::Bytes::from),
                 file_path: r.try_get("file_path")?,
             })
         })
