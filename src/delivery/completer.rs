@@ -54,9 +54,20 @@ pub async fn run(
             }
         }
         flush(&pool, &schema, &batch).await;
+        // An immediate retry is due the moment it is written: wake the claim
+        // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
+        // claim (and an idle query) per flush for nothing under load.
+        if batch.iter().any(is_due_now) {
+            waker.wake();
+        }
         batch.clear();
-        waker.wake();
     }
+}
+
+fn is_due_now(c: &Completion) -> bool {
+    c.state == "pending"
+        && c.next_attempt_at
+            .is_some_and(|at| at <= time::OffsetDateTime::now_utc())
 }
 
 /// Connectivity errors arrive as [`Error::Unavailable`] (see the `From`

@@ -12,6 +12,9 @@ use crate::store::queue::HostRoom;
 pub struct HostSlots {
     limit: usize,
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    /// Woken when a full host gets room again: the claim skipped that
+    /// host's due work while it was full.
+    waker: super::Waker,
 }
 
 /// A taken slot; returning it is dropping it.
@@ -24,9 +27,16 @@ pub struct HostSlot {
 impl HostSlots {
     /// At most `limit` attempts per host.
     pub fn new(limit: usize) -> Self {
+        Self::waking(limit, super::Waker::default())
+    }
+
+    /// At most `limit` attempts per host; `waker` is woken whenever a host
+    /// that was full gets a slot back.
+    pub fn waking(limit: usize, waker: super::Waker) -> Self {
         HostSlots {
             limit: limit.max(1),
             in_flight: Arc::default(),
+            waker,
         }
     }
 
@@ -76,11 +86,17 @@ impl Drop for HostSlot {
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut was_full = false;
         if let Some(n) = map.get_mut(&self.host) {
+            was_full = *n >= self.slots.limit;
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.host);
             }
+        }
+        drop(map);
+        if was_full {
+            self.slots.waker.wake();
         }
     }
 }

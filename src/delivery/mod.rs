@@ -166,6 +166,7 @@ impl Dispatcher {
             )),
         };
         let egress = Egress::new(settings, config.attempt_timeout)?;
+        let waker = Waker::default();
         let (done, done_rx) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             pool,
@@ -174,7 +175,7 @@ impl Dispatcher {
                 sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
                 retry: config.retry_policy(),
                 slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
-                hosts: HostSlots::new(config.per_host_concurrency as usize),
+                hosts: HostSlots::waking(config.per_host_concurrency as usize, waker.clone()),
                 done,
                 tracker: TaskTracker::new(),
             },
@@ -182,7 +183,7 @@ impl Dispatcher {
             // Long enough that a live worker always completes first: the
             // attempt itself is bounded by the timeout, the rest is slack.
             lease: config.attempt_timeout * 2 + Duration::from_secs(30),
-            waker: Waker::default(),
+            waker,
         })
     }
 
