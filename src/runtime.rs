@@ -278,6 +278,7 @@ async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow:
 
 /// Group-commit writers of the API: enough to overlap one batch's commit
 /// with the next one's gathering, few enough to keep batches large.
+#[cfg(feature = "api")]
 const BATCH_WRITERS: usize = 4;
 
 /// How often `serve` purges expired rows, and how many per statement.
