@@ -15,8 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use postback::pgcluster::Cluster;
 use postback::{
-    CallbackSpec, Dispatcher, JobOutput, JobResult, NewJob, Postback, Publish, ResultStatus,
-    Transcript, Word,
+    CallbackSpec, Dispatcher, JobOutput, JobResult, NewJob, Postback, Transcript, Word,
 };
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -67,15 +66,9 @@ async fn run(url: &str) -> anyhow::Result<()> {
     let running = tokio::spawn(workers.run(stop.clone()));
 
     // Media accepted: register the job with its callback.
-    let job = NewJob {
-        publish: Publish {
-            callbacks: vec![CallbackSpec {
-                url: format!("http://{customer}/callback"),
-                ..Default::default()
-            }],
-        },
-        ..Default::default()
-    };
+    let job = NewJob::new().callback(CallbackSpec::analytics(format!(
+        "http://{customer}/callback"
+    )));
     let (job, _) = postback.create_job(&pool, job).await?;
 
     // Recognition done: the transcript row and the callback commit together.
@@ -103,34 +96,10 @@ async fn run(url: &str) -> anyhow::Result<()> {
 
 fn finished(first: &str, second: &str) -> JobResult {
     let words = vec![
-        Word {
-            p: 0,
-            s: 0,
-            e: 400,
-            c: 0.98,
-            w: first.into(),
-        },
-        Word {
-            p: 1,
-            s: 450,
-            e: 900,
-            c: 0.95,
-            w: second.into(),
-        },
+        Word::new(0, 0, 400, 0.98, first),
+        Word::new(1, 450, 900, 0.95, second),
     ];
-    JobResult {
-        status: ResultStatus::Finished,
-        result: Some(JobOutput {
-            transcript: Some(Transcript {
-                confidence: Some(0.96),
-                words,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        streams: Vec::new(),
-        error: None,
-    }
+    JobResult::finished(JobOutput::transcript(Transcript::from_words(words)))
 }
 
 /// Stands in for the customer's server: passes each body to `tx`.

@@ -565,3 +565,165 @@ pub enum DeliveryKind {
     /// A delivery queued with `POST /v1/deliveries`.
     Generic,
 }
+
+/// Builders for the common shapes, so an embedder writes what it means
+/// instead of struct literals with `..Default::default()`.
+///
+/// ```
+/// use postback::{CallbackSpec, JobResult, NewJob, TranscriptFormat};
+///
+/// let job = NewJob::new()
+///     .id("job-42")
+///     .callback(CallbackSpec::analytics("https://example.org/cb"))
+///     .callback(CallbackSpec::transcript("https://example.org/srt", TranscriptFormat::Srt).put())
+///     .callback(CallbackSpec::analytics("https://example.org/auth").header("x-api-key", "k"));
+/// assert_eq!(job.publish.callbacks.len(), 3);
+///
+/// let failed = JobResult::failed("media_unreadable", "the media could not be decoded");
+/// assert!(failed.error.is_some());
+/// ```
+impl NewJob {
+    /// A job with a generated id and no callbacks.
+    pub fn new() -> Self {
+        NewJob::default()
+    }
+
+    /// Uses the caller's job id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.job_id = Some(id.into());
+        self
+    }
+
+    /// Metadata returned in analytics callbacks.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Adds a callback.
+    pub fn callback(mut self, callback: CallbackSpec) -> Self {
+        self.publish.callbacks.push(callback);
+        self
+    }
+}
+
+impl CallbackSpec {
+    /// An analytics callback (POST, every section).
+    pub fn analytics(url: impl Into<String>) -> Self {
+        CallbackSpec {
+            url: url.into(),
+            ..CallbackSpec::default()
+        }
+    }
+
+    /// A transcript callback in `format`.
+    pub fn transcript(url: impl Into<String>, format: TranscriptFormat) -> Self {
+        CallbackSpec {
+            url: url.into(),
+            kind: CallbackType::Transcript,
+            format: Some(format),
+            ..CallbackSpec::default()
+        }
+    }
+
+    /// A media callback sending `stream`.
+    pub fn media(url: impl Into<String>, stream: StreamName) -> Self {
+        CallbackSpec {
+            url: url.into(),
+            kind: CallbackType::Media,
+            stream: Some(stream),
+            ..CallbackSpec::default()
+        }
+    }
+
+    /// Sends with PUT (pre-signed storage URLs) instead of POST.
+    pub fn put(mut self) -> Self {
+        self.method = Method::Put;
+        self
+    }
+
+    /// Limits an analytics callback to these sections.
+    pub fn include(mut self, sections: impl IntoIterator<Item = Include>) -> Self {
+        self.include = Some(sections.into_iter().collect());
+        self
+    }
+
+    /// Adds a header sent as given.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Each attempt carries a fresh HS256 JWT signed with `secret`.
+    pub fn jwt(mut self, secret: impl Into<String>, scheme: impl Into<String>) -> Self {
+        self.auth = Some(CallbackAuth::Jwt {
+            secret: secret.into(),
+            scheme: scheme.into(),
+        });
+        self
+    }
+}
+
+impl JobResult {
+    /// A finished job with its output.
+    pub fn finished(output: JobOutput) -> Self {
+        JobResult {
+            status: ResultStatus::Finished,
+            result: Some(output),
+            streams: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// A failed job, with why.
+    pub fn failed(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobResult {
+            status: ResultStatus::Failed,
+            result: None,
+            streams: Vec::new(),
+            error: Some(JobError {
+                code: code.into(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// Adds a media stream (its `path` is sent by media callbacks).
+    pub fn stream(mut self, stream: MediaStream) -> Self {
+        self.streams.push(stream);
+        self
+    }
+}
+
+impl JobOutput {
+    /// Output holding a transcript.
+    pub fn transcript(transcript: Transcript) -> Self {
+        JobOutput {
+            transcript: Some(transcript),
+            ..JobOutput::default()
+        }
+    }
+}
+
+impl Transcript {
+    /// A transcript of these words.
+    pub fn from_words(words: Vec<Word>) -> Self {
+        Transcript {
+            words,
+            ..Transcript::default()
+        }
+    }
+}
+
+impl Word {
+    /// Word `w` at position `p` from `s` to `e` milliseconds, confidence `c`.
+    pub fn new(p: u64, s: u64, e: u64, c: f64, w: impl Into<String>) -> Self {
+        Word {
+            p,
+            s,
+            e,
+            c,
+            w: w.into(),
+        }
+    }
+}
