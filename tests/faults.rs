@@ -860,3 +860,70 @@ async fn workers_drain(workers: usize, n: usize) {
         assert!(status.success(), "worker exited with {status}");
     }
 }
+
+// ------------------------------- 6. kill -9 of serve with handed-off attempts
+
+#[test]
+fn kill_9_of_serve_with_handed_off_attempts_in_flight_loses_nothing() {
+    run_case(Duration::from_secs(120), kill_serve_mid_handoff());
+}
+
+/// `serve` stores a fresh delivery already leased to itself and sends it at
+/// once (the in-process handoff). If the process dies mid-attempt, the row
+/// is committed and leased like a claimed one: a worker delivers it once
+/// the lease runs out.
+async fn kill_serve_mid_handoff() {
+    const N: usize = 12;
+    let pg = PrivatePg::start("kill-serve").await;
+    let pool = pg.pool().await;
+    // Answers after 3 s: the first attempts are still open when serve dies.
+    let rx = Recorder::start("127.0.0.1:0", Duration::from_secs(3)).await;
+    let env = [
+        ("POSTBACK_ATTEMPT_TIMEOUT", "5s"),
+        ("POSTBACK_PER_HOST_CONCURRENCY", "64"),
+    ];
+    let (mut serve, base) = Postback::serve("serve", &pg.url(), &env).await;
+    let client = http();
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let response = client
+            .post(format!("{base}/v1/deliveries"))
+            .bearer_auth(TOKEN)
+            .json(&delivery_body(&rx.url("/handoff"), i))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 202);
+        let v: Value = response.json().await.expect("json");
+        ids.push(v["deliveryId"].as_str().expect("id").to_owned());
+    }
+    rx.wait_ids(&ids, Duration::from_secs(10)).await;
+    let pid = nix::unistd::Pid::from_raw(serve.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    let _ = serve.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(
+        count_state(&pool, "delivering").await,
+        N as i64,
+        "handed-off deliveries must be stored leased, not lost"
+    );
+    let killed = Instant::now();
+    let mut worker = Postback::worker("worker", &pg.url(), &env).await;
+    wait_delivered(
+        &pool,
+        &ids.iter().cloned().collect(),
+        Duration::from_secs(75),
+    )
+    .await;
+    let recovered_in = killed.elapsed();
+    let counts = rx.counts();
+    for id in &ids {
+        let n = counts.get(id).copied().unwrap_or(0);
+        assert!((1..=2).contains(&n), "{id} arrived {n} times");
+    }
+    eprintln!(
+        "kill -9 of serve: {N} handed-off deliveries recovered by a worker in {recovered_in:?}"
+    );
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "worker exited with {status}");
+}
