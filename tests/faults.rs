@@ -326,9 +326,7 @@ async fn postgres_outage() {
     assert_eq!(duplicates, 0, "deliveries sent more than once");
     assert_eq!(count_state(&pool, "delivering").await, 0);
 
-    serve.sigterm();
-    let status = serve.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.success(), "serve exited with {status}");
+    serve.stop(Duration::from_secs(10)).await;
 }
 
 // --------------------------------------------- 2. hanging and slow receivers
@@ -484,9 +482,7 @@ async fn slow_receivers() {
 
     // Shutting down with attempts hanging: they end at the timeout.
     let term = Instant::now();
-    worker.sigterm();
-    let status = worker.wait_exit(timeout + Duration::from_secs(5)).await;
-    assert!(status.success(), "worker exited with {status}");
+    worker.stop(timeout + Duration::from_secs(5)).await;
     eprintln!(
         "slow receivers: worker exited {:?} after SIGTERM",
         term.elapsed()
@@ -602,9 +598,7 @@ async fn sigterm_mid_drain() {
     assert_eq!(duplicates, 0, "deliveries sent twice");
     assert_eq!(counts.len(), N);
 
-    second.sigterm();
-    let status = second.wait_exit(timeout + Duration::from_secs(3)).await;
-    assert!(status.success(), "second worker exited with {status}");
+    second.stop(timeout + Duration::from_secs(3)).await;
 }
 
 #[test]
@@ -769,9 +763,7 @@ async fn sigterm_serve_mid_intake() {
         accepted.len(),
         "only accepted deliveries arrive"
     );
-    worker.sigterm();
-    let status = worker.wait_exit(timeout + Duration::from_secs(3)).await;
-    assert!(status.success(), "worker exited with {status}");
+    worker.stop(timeout + Duration::from_secs(3)).await;
 }
 
 // ------------------------------------------ 4. several workers, one queue
@@ -923,7 +915,5 @@ async fn kill_serve_mid_handoff() {
     eprintln!(
         "kill -9 of serve: {N} handed-off deliveries recovered by a worker in {recovered_in:?}"
     );
-    worker.sigterm();
-    let status = worker.wait_exit(Duration::from_secs(10)).await;
-    assert!(status.success(), "worker exited with {status}");
+    worker.stop(Duration::from_secs(10)).await;
 }

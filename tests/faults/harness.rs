@@ -283,6 +283,13 @@ impl Postback {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     }
 
+    /// SIGTERM, then expects a clean exit (status 0) within `limit`.
+    pub async fn stop(&mut self, limit: Duration) {
+        self.sigterm();
+        let status = self.wait_exit(limit).await;
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+
     /// Waits for it to exit; panics after `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
