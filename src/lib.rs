@@ -46,16 +46,17 @@ pub mod intake;
 pub mod metrics;
 pub mod model;
 pub mod pgcluster;
+pub mod queue;
 pub mod render;
 pub mod runtime;
 pub mod schedule;
 pub mod signing;
+pub mod state;
 pub mod store;
 pub mod validate;
 
 pub use config::Config;
 pub use delivery::Dispatcher;
-pub use delivery::Waker;
 pub use error::{Error, Result};
 pub use intake::Postback;
 pub use model::{
@@ -63,6 +64,7 @@ pub use model::{
     MediaStream, Method, NewDelivery, NewJob, Publish, ResultStatus, StreamName, Transcript,
     TranscriptFormat, Word,
 };
+pub use queue::Waker;
 pub use runtime::signing_secret;
 pub use store::Schema;
 

@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
+use crate::state::{Completed, Outcome};
 use crate::store::Schema;
 
 /// `postback_jobs_created_total` (counter).
@@ -89,11 +90,11 @@ fn describe() {
     // Every family exists from the start, so dashboards and alerts see zeros
     // rather than absent series.
     metrics::counter!(JOBS_CREATED).increment(0);
-    for outcome in crate::delivery::Outcome::ALL {
+    for outcome in Outcome::ALL {
         metrics::counter!(DELIVERY_ATTEMPTS, "outcome" => outcome.as_str()).increment(0);
     }
-    for result in ["delivered", "failed"] {
-        metrics::counter!(DELIVERIES_COMPLETED, "result" => result).increment(0);
+    for result in Completed::ALL {
+        metrics::counter!(DELIVERIES_COMPLETED, "result" => result.as_str()).increment(0);
     }
     for state in ["due", "scheduled", "in_flight"] {
         metrics::gauge!(QUEUE_DEPTH, "state" => state).set(0.0);
@@ -101,24 +102,43 @@ fn describe() {
     metrics::gauge!(OLDEST_DUE).set(0.0);
 }
 
-/// Reads the queue gauges once.
-pub async fn refresh_queue_gauges(pool: &PgPool, schema: &Schema) -> Result<(), sqlx::Error> {
-    let row = sqlx::query(&schema.sql(
-        "SELECT count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()) AS due,
+/// The queue as the gauges show it.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct QueueDepth {
+    /// Due now: pending and due, or leased by a worker whose lease ran out
+    /// (it died: the delivery is due again).
+    pub due: i64,
+    /// Pending, due later.
+    pub scheduled: i64,
+    /// Leased, lease still running.
+    pub in_flight: i64,
+    /// Age in seconds of the oldest due delivery (0 when none is due).
+    pub oldest: f64,
+}
+
+/// Reads the queue depth once.
+pub async fn queue_depth(pool: &PgPool, schema: &Schema) -> Result<QueueDepth, sqlx::Error> {
+    // `next_attempt_at` of a leased row is its lease expiry: past it, the
+    // worker is gone and the row is due like any pending one.
+    sqlx::query_as(&schema.sql(
+        "SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
                 count(*) FILTER (WHERE state = 'pending' AND next_attempt_at > now()) AS scheduled,
-                count(*) FILTER (WHERE state = 'delivering') AS in_flight,
+                count(*) FILTER (WHERE state = 'delivering' AND next_attempt_at > now()) AS in_flight,
                 coalesce(extract(epoch FROM now() - min(next_attempt_at)
-                    FILTER (WHERE state = 'pending' AND next_attempt_at <= now())), 0)::float8 AS oldest
+                    FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest
          FROM postback.deliveries WHERE next_attempt_at IS NOT NULL",
     ))
     .fetch_one(pool)
-    .await?;
-    metrics::gauge!(QUEUE_DEPTH, "state" => "due").set(row.try_get::<i64, _>("due")? as f64);
-    metrics::gauge!(QUEUE_DEPTH, "state" => "scheduled")
-        .set(row.try_get::<i64, _>("scheduled")? as f64);
-    metrics::gauge!(QUEUE_DEPTH, "state" => "in_flight")
-        .set(row.try_get::<i64, _>("in_flight")? as f64);
-    metrics::gauge!(OLDEST_DUE).set(row.try_get::<f64, _>("oldest")?);
+    .await
+}
+
+/// Reads the queue gauges once.
+pub async fn refresh_queue_gauges(pool: &PgPool, schema: &Schema) -> Result<(), sqlx::Error> {
+    let depth = queue_depth(pool, schema).await?;
+    metrics::gauge!(QUEUE_DEPTH, "state" => "due").set(depth.due as f64);
+    metrics::gauge!(QUEUE_DEPTH, "state" => "scheduled").set(depth.scheduled as f64);
+    metrics::gauge!(QUEUE_DEPTH, "state" => "in_flight").set(depth.in_flight as f64);
+    metrics::gauge!(OLDEST_DUE).set(depth.oldest);
     Ok(())
 }
 

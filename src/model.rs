@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::state::{DeliveryKind, DeliveryState, JobStatus};
+
 /// HTTP method of a callback (SPEC §2: POST by default, or PUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
@@ -23,13 +25,24 @@ pub enum Method {
 
 impl Method {
     /// The method as it goes on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Method::Post => "POST",
             Method::Put => "PUT",
         }
     }
+
+    /// The method spelled `text` (as stored).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "POST" => Some(Method::Post),
+            "PUT" => Some(Method::Put),
+            _ => None,
+        }
+    }
 }
+
+crate::state::text_column!(Method);
 
 /// What a callback carries (SPEC §2 "What a callback carries").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -48,10 +61,16 @@ pub enum CallbackType {
 impl CallbackType {
     /// The lowercase wire name, also used as a metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            CallbackType::Analytics => "analytics",
-            CallbackType::Transcript => "transcript",
-            CallbackType::Media => "media",
+        DeliveryKind::from(self).as_str()
+    }
+}
+
+impl From<CallbackType> for DeliveryKind {
+    fn from(kind: CallbackType) -> Self {
+        match kind {
+            CallbackType::Analytics => DeliveryKind::Analytics,
+            CallbackType::Transcript => DeliveryKind::Transcript,
+            CallbackType::Media => DeliveryKind::Media,
         }
     }
 }
@@ -320,7 +339,7 @@ pub struct JobResult {
 }
 
 /// State of one callback's delivery as a customer polls it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CallbackStatus {
@@ -329,15 +348,12 @@ pub struct CallbackStatus {
     /// Destination.
     pub url: String,
     /// POST or PUT.
-    #[cfg_attr(feature = "api", schema(value_type = Method))]
-    pub method: String,
+    pub method: Method,
     /// analytics, transcript or media.
     #[serde(rename = "type")]
-    #[cfg_attr(feature = "api", schema(value_type = CallbackType))]
-    pub kind: String,
+    pub kind: DeliveryKind,
     /// pending, delivering, delivered or failed.
-    #[cfg_attr(feature = "api", schema(value_type = DeliveryState))]
-    pub status: String,
+    pub status: DeliveryState,
     /// Attempts made so far.
     pub attempts: i32,
     /// When the last attempt started.
@@ -373,8 +389,7 @@ pub struct JobView {
     #[serde(with = "time::serde::rfc3339")]
     pub expiration_time: time::OffsetDateTime,
     /// InProgress, Completed or Failed.
-    #[cfg_attr(feature = "api", schema(value_type = JobStatus))]
-    pub status: String,
+    pub status: JobStatus,
     /// Metadata given at creation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub metadata: Option<Value>,
@@ -390,7 +405,7 @@ pub struct JobView {
 }
 
 /// One HTTP attempt of a delivery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {
@@ -421,20 +436,17 @@ pub struct DeliveryView {
     pub job_id: Option<String>,
     /// analytics, transcript, media or generic.
     #[serde(rename = "type")]
-    #[cfg_attr(feature = "api", schema(value_type = DeliveryKind))]
-    pub kind: String,
+    pub kind: DeliveryKind,
     /// Destination.
     pub url: String,
     /// POST or PUT.
-    #[cfg_attr(feature = "api", schema(value_type = Method))]
-    pub method: String,
+    pub method: Method,
     /// Content-Type of the body.
     pub content_type: String,
     /// Caller headers, values masked as `***`.
     pub headers: BTreeMap<String, String>,
     /// pending, delivering, delivered or failed.
-    #[cfg_attr(feature = "api", schema(value_type = DeliveryState))]
-    pub status: String,
+    pub status: DeliveryState,
     /// Attempts made so far.
     pub attempt_count: i32,
     /// When it was (last) queued.
@@ -511,59 +523,6 @@ pub struct EgressView {
     /// Addresses callbacks arrive from, as the receiver sees them.
     #[cfg_attr(feature = "api", schema(value_type = Vec<String>, example = json!(["203.0.113.7"])))]
     pub public_addresses: Vec<std::net::IpAddr>,
-}
-
-/// A job's status as polling shows it (`JobView::status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
-pub enum JobStatus {
-    /// Registered, no result yet.
-    InProgress,
-    /// The result arrived; its callbacks are queued.
-    Completed,
-    /// The job failed; its analytics callbacks are queued.
-    Failed,
-}
-
-impl JobStatus {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::InProgress => "InProgress",
-            JobStatus::Completed => "Completed",
-            JobStatus::Failed => "Failed",
-        }
-    }
-}
-
-/// A delivery's state (`status` of callbacks and deliveries).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryState {
-    /// Waiting for its next attempt.
-    Pending,
-    /// An attempt is in flight.
-    Delivering,
-    /// A 2xx arrived.
-    Delivered,
-    /// Given up after the schedule ran out.
-    Failed,
-}
-
-/// What a delivery carries (`type` of a delivery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryKind {
-    /// A job's analytics callback.
-    Analytics,
-    /// A job's transcript callback.
-    Transcript,
-    /// A job's media callback.
-    Media,
-    /// A delivery queued with `POST /v1/deliveries`.
-    Generic,
 }
 
 /// Builders for the common shapes, so an embedder writes what it means

@@ -215,7 +215,7 @@ impl Process {
             let state = crate::api::AppState {
                 pool: self.pool.clone(),
                 postback: crate::intake::Postback::new(&self.config).with_deferred_notify(),
-                notifier: crate::delivery::Notifier::new(self.pool.clone()),
+                notifier: crate::queue::Notifier::new(self.pool.clone()),
                 handoff,
                 batcher: crate::intake::Batcher::start(
                     self.pool.clone(),

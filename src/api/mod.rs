@@ -31,8 +31,8 @@ use utoipa::openapi::path::HttpMethod;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::{openapi_json, ApiDoc};
 
-use crate::delivery::Waker;
 use crate::intake::Postback;
+use crate::queue::Waker;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -47,11 +47,11 @@ pub struct AppState {
     pub waker: Option<Waker>,
     /// Starts fresh deliveries in this process without a claim (None: an
     /// API-only process).
-    pub handoff: Option<crate::delivery::Handoff>,
+    pub handoff: Option<crate::queue::Handoff>,
     /// Group-commit writers for generic deliveries.
     pub batcher: crate::intake::Batcher,
     /// Wakes workers of other processes (coalesced NOTIFY after commit).
-    pub notifier: crate::delivery::Notifier,
+    pub notifier: crate::queue::Notifier,
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
     /// Local addresses outbound connections bind to.

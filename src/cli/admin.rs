@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::Failure;
 use crate::config::{parse_duration, Config};
 use crate::intake::Postback;
+use crate::state::DeliveryState;
 use crate::store::admin::Filter;
 use crate::store::{self, Schema};
 
@@ -57,8 +58,8 @@ pub struct ListArgs {
     #[command(flatten)]
     db: DbArgs,
     /// pending, delivering, delivered or failed.
-    #[arg(long, value_parser = ["pending", "delivering", "delivered", "failed"])]
-    status: Option<String>,
+    #[arg(long, value_parser = parse_state)]
+    status: Option<DeliveryState>,
     /// Only deliveries queued within this long (e.g. 2h, 3d).
     #[arg(long, value_parser = parse_duration)]
     since: Option<Duration>,
@@ -96,8 +97,8 @@ pub struct ReplayArgs {
     /// Delivery ids.
     ids: Vec<String>,
     /// Replay every delivery in this state (only `failed`).
-    #[arg(long, value_parser = ["failed"])]
-    status: Option<String>,
+    #[arg(long, value_parser = parse_replayable)]
+    status: Option<DeliveryState>,
     /// With --status: only those queued within this long.
     #[arg(long, value_parser = parse_duration)]
     since: Option<Duration>,
@@ -136,8 +137,29 @@ fn library(db: &DbArgs) -> Postback {
     })
 }
 
+/// A `--status` value: one of the delivery states.
+fn parse_state(raw: &str) -> Result<DeliveryState, String> {
+    DeliveryState::parse(raw).ok_or_else(|| {
+        let names: Vec<_> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
+        format!(
+            "{raw:?} is not a delivery state; use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// The `--status` of `replay`: only failed deliveries are replayed in bulk.
+fn parse_replayable(raw: &str) -> Result<DeliveryState, String> {
+    match parse_state(raw)? {
+        DeliveryState::Failed => Ok(DeliveryState::Failed),
+        other => Err(format!(
+            "replay --status takes only failed (not {other}); replay other deliveries by id"
+        )),
+    }
+}
+
 fn filter(
-    status: Option<String>,
+    status: Option<DeliveryState>,
     since: Option<Duration>,
     host: Option<String>,
     job: Option<String>,

@@ -14,9 +14,9 @@ use tokio::io::AsyncReadExt;
 
 use super::Outcome;
 use crate::egress::{is_blocked, Egress, PreflightError};
-use crate::model::CallbackAuth;
+use crate::model::{CallbackAuth, Method};
+use crate::queue::Claimed;
 use crate::signing::{self, Signer, SigningSecret};
-use crate::store::queue::Claimed;
 
 /// How much of a response is kept.
 pub const SNIPPET_BYTES: usize = 1024;
@@ -102,10 +102,9 @@ impl Sender {
         let timestamp = started_at.unix_timestamp();
         let msg_id = d.id.to_string();
         let mut headers = self.headers(d, &msg_id, timestamp)?;
-        let method = if d.method == "PUT" {
-            reqwest::Method::PUT
-        } else {
-            reqwest::Method::POST
+        let method = match d.method {
+            Method::Put => reqwest::Method::PUT,
+            Method::Post => reqwest::Method::POST,
         };
         let request = self
             .egress
@@ -116,7 +115,7 @@ impl Sender {
             (Some(body), _) => {
                 let signature = signing::sign(&self.secret, &msg_id, timestamp, body);
                 insert(&mut headers, "webhook-signature", &signature)?;
-                request.headers(headers).body(body.clone())
+                request.headers(headers).body(body.0.clone())
             }
             (None, Some(path)) => {
                 let (signature, len) = sign_file(&self.secret, &msg_id, timestamp, path).await?;

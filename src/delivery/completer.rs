@@ -15,9 +15,10 @@ use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use super::Waker;
 use crate::error::Error;
-use crate::store::queue::{self, Completion};
+use crate::queue::claim::{self, Completion};
+use crate::queue::Waker;
+use crate::state::DeliveryState;
 use crate::store::Schema;
 
 /// Most outcomes one flush writes.
@@ -65,7 +66,7 @@ pub async fn run(
 }
 
 fn is_due_now(c: &Completion) -> bool {
-    c.state == "pending"
+    c.state == DeliveryState::Pending
         && c.next_attempt_at
             .is_some_and(|at| at <= time::OffsetDateTime::now_utc())
 }
@@ -89,7 +90,7 @@ async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
-        match queue::complete(pool, schema, batch).await {
+        match claim::complete(pool, schema, batch).await {
             Ok(written) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(

@@ -16,33 +16,28 @@
 
 mod attempt;
 mod completer;
-mod handoff;
-mod hosts;
-mod notifier;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use crate::state::Outcome;
 pub use attempt::{AttemptReport, Sender};
-pub use handoff::{Handoff, Reservation};
-pub use hosts::{HostSlot, HostSlots};
-pub use notifier::Notifier;
 
 use crate::config::Config;
 use crate::egress::Egress;
 use crate::error::Result;
-use crate::intake::WAKE_CHANNEL;
+use crate::queue::claim::{self, Claimed, Completion};
+use crate::queue::{handoff, wake, Capacity, Handoff, Room, Waker};
 use crate::schedule::{next_attempt, Next, RetryPolicy};
 use crate::signing::SigningSecret;
-use crate::store::queue::{self, Claimed, Completion};
+use crate::state::{Completed, DeliveryState};
 use crate::store::Schema;
 
 /// Longest sleep of an idle claim loop (a safety net under LISTEN/NOTIFY).
@@ -53,101 +48,61 @@ pub const CLAIM_BATCH: usize = 512;
 /// so work resumes within a second of the database coming back (a failed
 /// connection attempt a second costs nothing).
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Outcome class of one attempt (the `outcome` metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// 2xx.
-    Success,
-    /// Any other HTTP status (3xx included: redirects are not followed).
-    HttpError,
-    /// No complete answer within the attempt timeout.
-    Timeout,
-    /// The connection could not be made.
-    ConnectError,
-    /// The destination resolved to a refused address.
-    BlockedDestination,
-    /// Anything else.
-    Other,
-}
-
-impl Outcome {
-    /// Every outcome, for pre-registering metric series.
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Success,
-        Outcome::HttpError,
-        Outcome::Timeout,
-        Outcome::ConnectError,
-        Outcome::BlockedDestination,
-        Outcome::Other,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::HttpError => "http_error",
-            Outcome::Timeout => "timeout",
-            Outcome::ConnectError => "connect_error",
-            Outcome::BlockedDestination => "blocked_destination",
-            Outcome::Other => "other",
-        }
-    }
-}
-
-/// Wakes a dispatcher's claim loop (cheap to clone).
-#[derive(Debug, Clone, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    /// There may be new due work.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-}
+/// Pause when due work exists but other workers' claims hold it.
+const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
 /// The workers of one process.
 #[derive(Debug)]
 pub struct Dispatcher {
     pool: PgPool,
     schema: Schema,
-    attempts: Attempts,
+    engine: Engine,
     lease: Duration,
     waker: Waker,
+    handoff: Handoff,
+    handed_off: handoff::Receiver,
     done_rx: mpsc::UnboundedReceiver<Completion>,
 }
 
 /// What starting an attempt needs, shared by the claim loop and the
-/// in-process [`Handoff`].
+/// handoff consumer.
 #[derive(Debug, Clone)]
-struct Attempts {
+struct Engine {
     sender: Arc<Sender>,
     retry: RetryPolicy,
-    slots: Arc<Semaphore>,
-    hosts: HostSlots,
+    capacity: Capacity,
     done: mpsc::UnboundedSender<Completion>,
-    tracker: TaskTracker,
 }
 
-impl Attempts {
-    /// Runs one attempt as its own task; its outcome goes to the completer.
-    fn start(&self, d: Claimed, permit: OwnedSemaphorePermit, host_slot: HostSlot) {
+impl Engine {
+    /// Runs one attempt as its own task (tracked as in flight); its outcome
+    /// goes to the completer, and its room is returned when it ends.
+    fn start(&self, d: Claimed, room: Room) {
         let sender = self.sender.clone();
         let done = self.done.clone();
         let retry = self.retry;
         let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
-        self.tracker.spawn(
+        self.capacity.tracker().spawn(
             async move {
                 let report = sender.attempt(&d).await;
-                drop(host_slot);
+                drop(room);
                 let completion = completion_for(&d, &report, &retry);
                 record_metrics(&d, &report, &completion);
                 let _ = done.send(completion);
-                drop(permit);
             }
             .instrument(span),
         );
     }
+}
+
+/// What one turn of the claim loop leads to.
+enum Turn {
+    /// Claim again at once.
+    Again,
+    /// Nothing more is due for us now: sleep until woken or due.
+    Idle,
+    /// Shutdown began.
+    Stop,
 }
 
 impl Dispatcher {
@@ -168,22 +123,29 @@ impl Dispatcher {
         let egress = Egress::new(settings, config.attempt_timeout)?;
         let waker = Waker::default();
         let (done, done_rx) = mpsc::unbounded_channel();
+        let capacity = Capacity::new(
+            config.concurrency,
+            config.per_host_concurrency as usize,
+            waker.clone(),
+        );
+        // Long enough that a live worker always completes first: the
+        // attempt itself is bounded by the timeout, the rest is slack.
+        let lease = config.attempt_timeout * 2 + Duration::from_secs(30);
+        let (handoff, handed_off) = handoff::channel(capacity.clone(), lease);
         Ok(Dispatcher {
             pool,
             schema: Schema::new(config.db_schema.clone()),
-            attempts: Attempts {
+            engine: Engine {
                 sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
                 retry: config.retry_policy(),
-                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
-                hosts: HostSlots::waking(config.per_host_concurrency as usize, waker.clone()),
+                capacity,
                 done,
-                tracker: TaskTracker::new(),
             },
             done_rx,
-            // Long enough that a live worker always completes first: the
-            // attempt itself is bounded by the timeout, the rest is slack.
-            lease: config.attempt_timeout * 2 + Duration::from_secs(30),
+            lease,
             waker,
+            handoff,
+            handed_off,
         })
     }
 
@@ -193,13 +155,10 @@ impl Dispatcher {
         self.waker.clone()
     }
 
-    /// A handle the API uses to start fresh deliveries in this process at
-    /// once, without a claim round trip (see [`Handoff`]).
+    /// The handle through which intake gives this process fresh deliveries
+    /// to attempt at once, without a claim round trip (see [`Handoff`]).
     pub fn handoff(&self) -> Handoff {
-        Handoff {
-            attempts: self.attempts.clone(),
-            lease: self.lease,
-        }
+        self.handoff.clone()
     }
 
     /// Runs until `shutdown` is cancelled: then stops claiming, lets the
@@ -209,133 +168,177 @@ impl Dispatcher {
         let Dispatcher {
             pool,
             schema,
-            attempts,
+            engine,
             lease,
             waker,
+            handoff,
+            handed_off,
             done_rx,
         } = self;
-        let this = Running {
+        // Our own handle would keep the handoff channel open forever.
+        drop(handoff);
+        let helpers = CancellationToken::new();
+        let completer = tokio::spawn(completer::run(
+            pool.clone(),
+            schema.clone(),
+            done_rx,
+            waker.clone(),
+            helpers.clone(),
+        ));
+        let listener = tokio::spawn(wake::listen(pool.clone(), waker.clone(), helpers.clone()));
+        let consumer = tokio::spawn(take_handoffs(handed_off, engine.clone()));
+        let mut claims = ClaimLoop {
             pool,
             schema,
-            attempts,
+            engine,
             lease,
             waker,
+            backoff: None,
         };
-        let slots = this.attempts.slots.clone();
-        let completer_stop = CancellationToken::new();
-        let completer = tokio::spawn(completer::run(
-            this.pool.clone(),
-            this.schema.clone(),
-            done_rx,
-            this.waker.clone(),
-            completer_stop.clone(),
-        ));
-        let listener_stop = CancellationToken::new();
-        let listener = tokio::spawn(listen(
-            this.pool.clone(),
-            this.waker.clone(),
-            listener_stop.clone(),
-        ));
-        let mut backoff = Duration::from_millis(50);
+        claims.run(&shutdown).await;
 
-        while !shutdown.is_cancelled() {
-            let free = slots.available_permits().min(CLAIM_BATCH);
-            if free == 0 {
-                // Every slot is busy: wait for one to come back.
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    permit = slots.acquire() => {
-                        drop(permit);
-                        continue;
-                    }
-                }
-            }
-            let room = this.attempts.hosts.room();
-            let full_before = room.full().len();
-            let claimed = match queue::claim(
-                &this.pool,
-                &this.schema,
-                free as i64,
-                this.lease.as_secs_f64(),
-                &room,
-            )
-            .await
-            {
-                Ok(c) => {
-                    backoff = Duration::from_millis(50);
-                    c
-                }
-                Err(err) => {
-                    tracing::warn!(%err, ?backoff, "claim failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(CLAIM_BACKOFF_MAX);
-                    continue;
-                }
-            };
-            if shutdown.is_cancelled() {
-                // The signal came while the claim was in flight: these were
-                // never started, so hand them back now rather than leave
-                // them leased until the lease runs out.
-                let items: Vec<_> = claimed.iter().map(|d| (d.id, d.lease)).collect();
-                this.release_now(&items).await;
-                break;
-            }
-            // Fewer than asked for: the queue has no more due work for us,
-            // unless a host filled up during this claim (its backlog may
-            // have hidden other hosts' due rows: claim again at once).
-            let got_any = !claimed.is_empty();
-            let drained = claimed.len() < free;
-            let mut deferred = Vec::new();
-            for d in claimed {
-                let Some(host_slot) = this.attempts.hosts.try_take(&d.host) else {
-                    deferred.push((d.id, d.lease));
-                    continue;
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    deferred.push((d.id, d.lease));
-                    continue;
-                };
-                this.attempts.start(d, permit, host_slot);
-            }
-            this.release_now(&deferred).await;
-            let filled_up = got_any && this.attempts.hosts.full_hosts().len() > full_before;
-            if drained && !filled_up {
-                this.idle(&shutdown).await;
-            }
-        }
-
-        // Attempts in flight finish (handed-off ones too); nothing else was
-        // claimed. Then their outcomes are written.
-        this.attempts.tracker.close();
-        this.attempts.tracker.wait().await;
-        completer_stop.cancel();
+        // Attempts in flight finish, handed-off ones too (a reservation
+        // counts as in flight); nothing else was claimed. Then their
+        // outcomes are written.
+        claims.engine.capacity.close_and_wait().await;
+        consumer.abort();
+        drop(claims);
+        helpers.cancel();
         let _ = completer.await;
-        listener_stop.cancel();
         let _ = listener.await;
         Ok(())
     }
 }
 
-/// The parts of a dispatcher its claim loop uses once running.
-struct Running {
-    pool: PgPool,
-    schema: Schema,
-    attempts: Attempts,
-    lease: Duration,
-    waker: Waker,
+/// Starts every delivery intake hands over (they are stored and leased to
+/// us already).
+async fn take_handoffs(mut rx: handoff::Receiver, engine: Engine) {
+    while let Some(leased) = rx.recv().await {
+        engine.start(leased.delivery, leased.room);
+        drop(leased.in_flight); // the attempt task is tracked now
+    }
 }
 
-impl Running {
+/// Waits between failed claims: 50 ms doubling to [`CLAIM_BACKOFF_MAX`].
+fn claim_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(CLAIM_BACKOFF_MAX)
+        .without_max_times()
+        .build()
+}
+
+/// The claim loop of one dispatcher.
+struct ClaimLoop {
+    pool: PgPool,
+    schema: Schema,
+    engine: Engine,
+    lease: Duration,
+    waker: Waker,
+    /// Waits between failed claims; `None` after a success.
+    backoff: Option<backon::ExponentialBackoff>,
+}
+
+impl ClaimLoop {
+    async fn run(&mut self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.turn(shutdown).await {
+                Turn::Again => {}
+                Turn::Idle => self.idle(shutdown).await,
+                Turn::Stop => break,
+            }
+        }
+    }
+
+    /// Claims as much as there is room for and starts it.
+    async fn turn(&mut self, shutdown: &CancellationToken) -> Turn {
+        let free = self.engine.capacity.free().min(CLAIM_BATCH);
+        if free == 0 {
+            // Every slot is busy: wait for one to come back.
+            return tokio::select! {
+                _ = shutdown.cancelled() => Turn::Stop,
+                _ = self.engine.capacity.wait_free() => Turn::Again,
+            };
+        }
+        let hosts = self.engine.capacity.hosts();
+        let room = hosts.room();
+        let full_before = room.full().len();
+        let claimed = match self.claim(free, &room).await {
+            Ok(claimed) => claimed,
+            Err(err) => return self.after_failed_claim(err, shutdown).await,
+        };
+        if shutdown.is_cancelled() {
+            // The signal came while the claim was in flight: these were
+            // never started, so hand them back now rather than leave them
+            // leased until the lease runs out.
+            let items: Vec<_> = claimed.iter().map(|d| (d.id, d.lease)).collect();
+            self.release_now(&items).await;
+            return Turn::Stop;
+        }
+        let got_any = !claimed.is_empty();
+        // Fewer than asked for: the queue has no more due work for us...
+        let drained = claimed.len() < free;
+        self.start_all(claimed).await;
+        // ...unless a host filled up during this claim (its backlog may have
+        // hidden other hosts' due rows: claim again at once).
+        let filled_up = got_any && self.engine.capacity.hosts().full_hosts().len() > full_before;
+        if drained && !filled_up {
+            Turn::Idle
+        } else {
+            Turn::Again
+        }
+    }
+
+    async fn claim(&mut self, free: usize, room: &claim::HostRoom) -> Result<Vec<Claimed>> {
+        let claimed = claim::claim(
+            &self.pool,
+            &self.schema,
+            free as i64,
+            self.lease.as_secs_f64(),
+            room,
+        )
+        .await?;
+        self.backoff = None;
+        Ok(claimed)
+    }
+
+    async fn after_failed_claim(
+        &mut self,
+        err: crate::error::Error,
+        shutdown: &CancellationToken,
+    ) -> Turn {
+        let wait = self
+            .backoff
+            .get_or_insert_with(claim_backoff)
+            .next()
+            .unwrap_or(CLAIM_BACKOFF_MAX);
+        tracing::warn!(%err, ?wait, "claim failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => Turn::Stop,
+            _ = tokio::time::sleep(wait) => Turn::Again,
+        }
+    }
+
+    /// Starts each claimed delivery that still has room; hands the others
+    /// back, due now.
+    async fn start_all(&self, claimed: Vec<Claimed>) {
+        let mut deferred = Vec::new();
+        for d in claimed {
+            match self.engine.capacity.try_take(&d.host) {
+                Some(room) => self.engine.start(d, room),
+                None => deferred.push((d.id, d.lease)),
+            }
+        }
+        self.release_now(&deferred).await;
+    }
+
     /// Hands claimed but unstarted deliveries back, due now.
     async fn release_now(&self, items: &[(uuid::Uuid, uuid::Uuid)]) {
         if items.is_empty() {
             return;
         }
         if let Err(err) =
-            queue::release(&self.pool, &self.schema, items, OffsetDateTime::now_utc()).await
+            claim::release(&self.pool, &self.schema, items, OffsetDateTime::now_utc()).await
         {
             tracing::warn!(%err, n = items.len(), "could not release claimed deliveries; their lease will expire");
         }
@@ -343,31 +346,24 @@ impl Running {
 
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
-        let full = self.attempts.hosts.full_hosts();
-        let wait = match queue::next_due(&self.pool, &self.schema, &full).await {
-            Ok(Some(at)) => {
-                let until = at - OffsetDateTime::now_utc();
-                Duration::try_from(until)
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE_POLL)
-            }
+        let full = self.engine.capacity.hosts().full_hosts();
+        let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
+            Ok(Some(at)) => Duration::try_from(at - OffsetDateTime::now_utc())
+                .unwrap_or(Duration::ZERO)
+                .min(IDLE_POLL),
             _ => IDLE_POLL,
         };
-        if wait.is_zero() {
-            // Due work of hosts with room exists but was not ours (rows
-            // locked by other workers' claims): back off briefly instead of
-            // spinning. Full hosts are not counted: an attempt ending wakes
-            // us through the completer.
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = self.waker.0.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-            return;
-        }
+        // Zero: due work of hosts with room exists but was not ours (rows
+        // locked by other workers' claims): back off briefly instead of
+        // spinning. Full hosts are not counted: an attempt ending wakes us.
+        let wait = if wait.is_zero() {
+            CONTENDED_PAUSE
+        } else {
+            wait
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = self.waker.0.notified() => {}
+            _ = self.waker.woken() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -376,14 +372,14 @@ impl Running {
 /// The delivery's next state after `report`, per the retry schedule.
 pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) -> Completion {
     let (state, next) = if report.outcome == Outcome::Success {
-        ("delivered", None)
+        (DeliveryState::Delivered, None)
     } else {
         let first = d.cycle_started_at.unwrap_or(report.started_at);
         let made = (d.cycle_attempts.max(0) as u32).saturating_add(1);
         let failed_at = report.started_at + report.duration;
         match next_attempt(retry, made, first, failed_at) {
-            Next::At(at) => ("pending", Some(at)),
-            Next::GiveUp => ("failed", None),
+            Next::At(at) => (DeliveryState::Pending, Some(at)),
+            Next::GiveUp => (DeliveryState::Failed, None),
         }
     };
     Completion {
@@ -394,7 +390,7 @@ pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) 
         started_at: report.started_at,
         duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
         status_code: report.status_code.map(i32::from),
-        error: (report.outcome != Outcome::Success).then(|| report.outcome.as_str().to_owned()),
+        error: (report.outcome != Outcome::Success).then(|| report.outcome.as_str()),
         response_snippet: report.snippet.clone(),
     }
 }
@@ -406,60 +402,20 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
     metrics::histogram!(m::ATTEMPT_DURATION, "outcome" => outcome)
         .record(report.duration.as_secs_f64());
     match completion.state {
-        "delivered" => {
-            metrics::counter!(m::DELIVERIES_COMPLETED, "result" => "delivered").increment(1);
+        DeliveryState::Delivered => {
+            metrics::counter!(m::DELIVERIES_COMPLETED, "result" => Completed::Delivered.as_str())
+                .increment(1);
             let latency = (report.started_at + report.duration) - d.queued_at;
             metrics::histogram!(m::DELIVERY_LATENCY).record(latency.as_seconds_f64().max(0.0));
             tracing::debug!(status = ?report.status_code, "delivered");
         }
-        "failed" => {
-            metrics::counter!(m::DELIVERIES_COMPLETED, "result" => "failed").increment(1);
+        DeliveryState::Failed => {
+            metrics::counter!(m::DELIVERIES_COMPLETED, "result" => Completed::Failed.as_str())
+                .increment(1);
             tracing::warn!(outcome, status = ?report.status_code, "delivery failed for good");
         }
-        _ => {
+        DeliveryState::Pending | DeliveryState::Delivering => {
             tracing::info!(outcome, status = ?report.status_code, next = ?completion.next_attempt_at, "attempt failed; retry scheduled")
-        }
-    }
-}
-
-/// Keeps a LISTEN connection open (reconnecting with backoff while the
-/// database is away) and wakes the claim loop on every notification.
-async fn listen(pool: PgPool, waker: Waker, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(err) => {
-                tracing::debug!(%err, "LISTEN connection failed; polling meanwhile");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        if let Err(err) = listener.listen(WAKE_CHANNEL).await {
-            tracing::debug!(%err, "LISTEN failed; polling meanwhile");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        // A reconnect may have missed notifications: look once.
-        waker.wake();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                msg = listener.try_recv() => match msg {
-                    Ok(Some(_)) => waker.wake(),
-                    Ok(None) => { waker.wake(); } // reconnected internally
-                    Err(_) => break,
-                }
-            }
         }
     }
 }

@@ -20,19 +20,19 @@ mod batcher;
 
 pub use batcher::Batcher;
 
-use crate::delivery::Handoff;
 use crate::egress::EgressPolicy;
 use crate::error::{Error, Result};
 use crate::model::{
     CallbackSpec, CallbackType, JobResult, JobView, MediaStream, NewDelivery, NewJob, ResultStatus,
     StreamName, TranscriptFormat,
 };
+use crate::queue::{Handoff, Reservation};
 use crate::render;
+use crate::state::{DeliveryKind, DeliveryState, JobState, JobStatus};
 use crate::store::{self, deliveries::Replayed, jobs::JobRow, Schema};
 use crate::validate;
 
-/// The channel workers LISTEN on; every enqueue NOTIFYs it on commit.
-pub const WAKE_CHANNEL: &str = "postback_due";
+pub use crate::queue::{notify_workers, WAKE_CHANNEL};
 
 /// Handle to Postback's library API: the settings intake depends on. Cheap
 /// to clone; holds no connection.
@@ -51,7 +51,7 @@ enum NotifyMode {
     /// whoever commits (right for a caller's own transaction).
     InTransaction,
     /// The caller wakes workers itself after commit (the API does, through
-    /// a coalescing [`crate::delivery::Notifier`]).
+    /// a coalescing [`crate::queue::Notifier`]).
     Deferred,
 }
 
@@ -88,7 +88,7 @@ impl Postback {
 
     /// This handle's calls do not NOTIFY inside their transactions; the
     /// caller wakes workers after commit instead (see
-    /// [`crate::delivery::Notifier`]). Under load this keeps commits from
+    /// [`crate::queue::Notifier`]). Under load this keeps commits from
     /// queueing behind PostgreSQL's notification lock.
     pub fn with_deferred_notify(mut self) -> Self {
         self.notify = NotifyMode::Deferred;
@@ -149,7 +149,7 @@ impl Postback {
             request: request.clone(),
             metadata: job.metadata.clone(),
             callbacks: serde_json::to_value(&callbacks).unwrap_or(Value::Null),
-            status: "in_progress".into(),
+            status: JobState::InProgress,
             result: None,
             created_at: now,
             expires_at: self.expiry(now),
@@ -201,7 +201,7 @@ impl Postback {
         if job.expires_at <= OffsetDateTime::now_utc() {
             return Err(expired(&job));
         }
-        if job.status != "in_progress" {
+        if job.status != JobState::InProgress {
             return Err(Error::Conflict {
                 code: "result_exists",
                 message: format!("job {job_id} already has a result; a job takes one result"),
@@ -212,8 +212,8 @@ impl Postback {
         let deliveries = self.deliveries_for(&job, &callbacks, &result)?;
         store::deliveries::insert(&mut tx, &self.schema, &deliveries).await?;
         let status = match result.status {
-            ResultStatus::Finished => "completed",
-            ResultStatus::Failed => "failed",
+            ResultStatus::Finished => JobState::Completed,
+            ResultStatus::Failed => JobState::Failed,
         };
         let stored = serde_json::to_value(&result).unwrap_or(Value::Null);
         store::jobs::set_result(&mut tx, &self.schema, job_id, status, &stored).await?;
@@ -224,8 +224,7 @@ impl Postback {
         let view = self.view(&mut tx, job).await?;
         tx.commit().await?;
         for d in &deliveries {
-            metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => d.kind.clone())
-                .increment(1);
+            count_enqueued(d.kind);
         }
         Ok(view)
     }
@@ -241,7 +240,7 @@ impl Postback {
     /// [`Postback::enqueue`], and when `handoff` has room for the
     /// destination, the delivery is stored already leased to this process
     /// and its first attempt starts at once, without a claim (see
-    /// [`crate::delivery::Handoff`]). Returns the id and whether the
+    /// [`crate::queue::Handoff`]). Returns the id and whether the
     /// attempt was started here (else the workers must be woken).
     pub async fn enqueue_handing_off<'a, A>(
         &self,
@@ -254,7 +253,7 @@ impl Postback {
     {
         let row = self.generic_row(delivery)?;
         let reservation = handoff.and_then(|h| h.reserve(&row.host));
-        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
+        let lease = reservation.as_ref().map(Reservation::lease);
         let mut conn = db.acquire().await?;
         // A leased row needs no wake-up: its attempt starts here.
         let notify = self.notify == NotifyMode::InTransaction && lease.is_none();
@@ -272,7 +271,7 @@ impl Postback {
     ) -> Result<(Uuid, bool)> {
         let row = self.generic_row(delivery)?;
         let reservation = handoff.and_then(|h| h.reserve(&row.host));
-        let lease = reservation.as_ref().map(|r| (r.lease, r.lease_for));
+        let lease = reservation.as_ref().map(Reservation::lease);
         batcher.submit(row.clone(), lease).await?;
         Ok(self.accepted(row, handoff, reservation))
     }
@@ -283,8 +282,8 @@ impl Postback {
         Ok(store::deliveries::NewDelivery {
             id: Uuid::now_v7(),
             job_id: None,
-            kind: "generic".into(),
-            method: delivery.method.as_str().into(),
+            kind: DeliveryKind::Generic,
+            method: delivery.method,
             url: delivery.url,
             host,
             content_type,
@@ -296,38 +295,23 @@ impl Postback {
         })
     }
 
-    /// After the row committed: counts it and, when a slot was reserved,
-    /// starts its first attempt.
+    /// After the row committed: counts it and, when room was reserved,
+    /// gives it to this process's engine.
     fn accepted(
         &self,
         row: store::deliveries::NewDelivery,
         handoff: Option<&Handoff>,
-        reservation: Option<crate::delivery::Reservation>,
+        reservation: Option<Reservation>,
     ) -> (Uuid, bool) {
-        metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => "generic").increment(1);
+        count_enqueued(row.kind);
         let id = row.id;
-        let (Some(handoff), Some(reservation)) = (handoff, reservation) else {
-            return (id, false);
-        };
-        let claimed = store::queue::Claimed {
-            id,
-            job_id: None,
-            kind: row.kind,
-            method: row.method,
-            url: row.url,
-            host: row.host,
-            lease: reservation.lease,
-            cycle_attempts: 0,
-            cycle_started_at: None,
-            queued_at: OffsetDateTime::now_utc(),
-            content_type: row.content_type,
-            headers: row.headers,
-            auth: None,
-            body: row.body.map(bytes::Bytes::from),
-            file_path: None,
-        };
-        handoff.start(reservation, claimed);
-        (id, true)
+        match (handoff, reservation) {
+            (Some(handoff), Some(reservation)) => {
+                handoff.give(reservation, row);
+                (id, true)
+            }
+            _ => (id, false),
+        }
     }
 
     /// The job as polling shows it.
@@ -391,55 +375,33 @@ impl Postback {
     async fn view(&self, conn: &mut sqlx::PgConnection, job: JobRow) -> Result<JobView> {
         let stored: Vec<StoredCallback> =
             serde_json::from_value(job.callbacks.clone()).unwrap_or_default();
-        let callbacks = if job.status == "in_progress" {
-            // Before the result no delivery exists: show the configured
-            // callbacks, each with the id its delivery will carry.
-            stored
-                .into_iter()
-                .map(|c| crate::model::CallbackStatus {
-                    delivery_id: c.delivery_id,
-                    url: c.spec.url,
-                    method: c.spec.method.as_str().into(),
-                    kind: c.spec.kind.as_str().into(),
-                    status: "pending".into(),
-                    attempts: 0,
-                    last_attempt_time: None,
-                    last_status_code: None,
-                    next_attempt_time: None,
-                })
-                .collect()
-        } else {
-            let mut found =
-                store::jobs::callback_statuses(&mut *conn, &self.schema, &job.id).await?;
-            // In the order the job configured them, whatever order the ids sort in.
-            let order: std::collections::HashMap<Uuid, usize> = stored
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.delivery_id, i))
-                .collect();
-            found.sort_by_key(|c| order.get(&c.delivery_id).copied().unwrap_or(usize::MAX));
-            found
+        let callbacks = match job.status {
+            JobState::InProgress => configured_callbacks(stored),
+            JobState::Completed | JobState::Failed => {
+                let found =
+                    store::jobs::callback_statuses(&mut *conn, &self.schema, &job.id).await?;
+                in_configured_order(found, &stored)
+            }
         };
         let result: Option<JobResult> = job
             .result
             .clone()
             .and_then(|r| serde_json::from_value(r).ok());
-        let (status, result_json, error) = match job.status.as_str() {
-            "completed" => ("Completed", result.as_ref().map(public_result), None),
-            "failed" => (
-                "Failed",
+        let (result_json, error) = match job.status {
+            JobState::Completed => (result.as_ref().map(public_result), None),
+            JobState::Failed => (
                 None,
                 result
                     .and_then(|r| r.error)
                     .map(|e| json!({"code": e.code, "message": e.message})),
             ),
-            _ => ("InProgress", None, None),
+            JobState::InProgress => (None, None),
         };
         Ok(JobView {
             job_id: job.id,
             creation_time: job.created_at,
             expiration_time: job.expires_at,
-            status: status.into(),
+            status: JobStatus::from(job.status),
             metadata: job.metadata,
             result: result_json,
             error,
@@ -447,6 +409,8 @@ impl Postback {
         })
     }
 
+    /// One delivery per callback of `job` that `result` sends (a failed
+    /// job skips transcript and media callbacks), each rendered.
     fn deliveries_for(
         &self,
         job: &JobRow,
@@ -455,91 +419,152 @@ impl Postback {
     ) -> Result<Vec<store::deliveries::NewDelivery>> {
         let mut out = Vec::with_capacity(callbacks.len());
         for (i, cb) in callbacks.iter().enumerate() {
-            let spec = &cb.spec;
-            let failed = result.status == ResultStatus::Failed;
-            if failed && spec.kind != CallbackType::Analytics {
-                continue; // SPEC: a failed job skips transcript and media callbacks
-            }
-            let (content_type, body, file_path) = match (spec.kind, failed) {
-                (CallbackType::Analytics, true) => {
-                    let error = result.error.clone().unwrap_or(crate::model::JobError {
-                        code: "failed".into(),
-                        message: "the job failed".into(),
-                    });
-                    let body = render::failed_body(&job.id, &error);
-                    (
-                        "application/json".to_owned(),
-                        Some(body.to_string().into_bytes()),
-                        None,
-                    )
-                }
-                (CallbackType::Analytics, false) => {
-                    let body = render::analytics_body(
-                        &job.id,
-                        job.metadata.as_ref(),
-                        result.result.as_ref(),
-                        &result.streams,
-                        spec.include.as_deref(),
-                    );
-                    (
-                        "application/json".to_owned(),
-                        Some(body.to_string().into_bytes()),
-                        None,
-                    )
-                }
-                (CallbackType::Transcript, _) => {
-                    let transcript = result
-                        .result
-                        .as_ref()
-                        .and_then(|r| r.transcript.clone())
-                        .unwrap_or_default();
-                    let rendered = render::render_transcript(
-                        &transcript,
-                        spec.format.unwrap_or(TranscriptFormat::Json),
-                    );
-                    (rendered.content_type.to_owned(), Some(rendered.body), None)
-                }
-                (CallbackType::Media, _) => {
-                    let wanted = spec.stream.unwrap_or(StreamName::Original);
-                    let path = media_path(&result.streams, wanted, i)?;
-                    ("application/octet-stream".to_owned(), None, Some(path))
-                }
+            let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+                continue;
             };
             let host = validate::destination(
                 &self.policy,
-                &spec.url,
+                &cb.spec.url,
                 &format!("publish.callbacks[{i}].url"),
             )?;
-            out.push(store::deliveries::NewDelivery {
-                id: cb.delivery_id,
-                job_id: Some(job.id.clone()),
-                kind: spec.kind.as_str().into(),
-                method: spec.method.as_str().into(),
-                url: spec.url.clone(),
-                host,
-                content_type,
-                headers: serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({})),
-                auth: spec
-                    .auth
-                    .as_ref()
-                    .and_then(|a| serde_json::to_value(a).ok()),
-                body,
-                file_path,
-                expires_at: job.expires_at,
-            });
+            out.push(callback_delivery(job, cb, host, payload));
         }
         Ok(out)
     }
 }
 
-/// Wakes every worker LISTENing on this database when the surrounding
-/// transaction commits.
-pub async fn notify_workers(conn: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WAKE_CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// What one callback sends.
+struct Payload {
+    content_type: String,
+    body: Option<Vec<u8>>,
+    file_path: Option<String>,
+}
+
+impl Payload {
+    fn json(body: &Value) -> Self {
+        Payload {
+            content_type: "application/json".to_owned(),
+            body: Some(body.to_string().into_bytes()),
+            file_path: None,
+        }
+    }
+}
+
+/// The payload of callback `i` of `job` for `result`, or `None` when a
+/// failed job skips it (SPEC §2: transcript and media callbacks).
+fn payload_for(
+    job: &JobRow,
+    spec: &CallbackSpec,
+    result: &JobResult,
+    i: usize,
+) -> Result<Option<Payload>> {
+    let failed = result.status == ResultStatus::Failed;
+    Ok(Some(match (spec.kind, failed) {
+        (CallbackType::Transcript | CallbackType::Media, true) => return Ok(None),
+        (CallbackType::Analytics, true) => {
+            let error = result.error.clone().unwrap_or(crate::model::JobError {
+                code: "failed".into(),
+                message: "the job failed".into(),
+            });
+            Payload::json(&render::failed_body(&job.id, &error))
+        }
+        (CallbackType::Analytics, false) => Payload::json(&render::analytics_body(
+            &job.id,
+            job.metadata.as_ref(),
+            result.result.as_ref(),
+            &result.streams,
+            spec.include.as_deref(),
+        )),
+        (CallbackType::Transcript, false) => {
+            let transcript = result
+                .result
+                .as_ref()
+                .and_then(|r| r.transcript.clone())
+                .unwrap_or_default();
+            let rendered = render::render_transcript(
+                &transcript,
+                spec.format.unwrap_or(TranscriptFormat::Json),
+            );
+            Payload {
+                content_type: rendered.content_type.to_owned(),
+                body: Some(rendered.body),
+                file_path: None,
+            }
+        }
+        (CallbackType::Media, false) => {
+            let wanted = spec.stream.unwrap_or(StreamName::Original);
+            Payload {
+                content_type: "application/octet-stream".to_owned(),
+                body: None,
+                file_path: Some(media_path(&result.streams, wanted, i)?),
+            }
+        }
+    }))
+}
+
+/// The stored delivery of callback `cb` of `job`.
+fn callback_delivery(
+    job: &JobRow,
+    cb: &StoredCallback,
+    host: String,
+    payload: Payload,
+) -> store::deliveries::NewDelivery {
+    let spec = &cb.spec;
+    store::deliveries::NewDelivery {
+        id: cb.delivery_id,
+        job_id: Some(job.id.clone()),
+        kind: spec.kind.into(),
+        method: spec.method,
+        url: spec.url.clone(),
+        host,
+        content_type: payload.content_type,
+        headers: serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({})),
+        auth: spec
+            .auth
+            .as_ref()
+            .and_then(|a| serde_json::to_value(a).ok()),
+        body: payload.body,
+        file_path: payload.file_path,
+        expires_at: job.expires_at,
+    }
+}
+
+/// Before the result no delivery exists: the configured callbacks, each
+/// with the id its delivery will carry.
+fn configured_callbacks(stored: Vec<StoredCallback>) -> Vec<crate::model::CallbackStatus> {
+    stored
+        .into_iter()
+        .map(|c| crate::model::CallbackStatus {
+            delivery_id: c.delivery_id,
+            url: c.spec.url,
+            method: c.spec.method,
+            kind: c.spec.kind.into(),
+            status: DeliveryState::Pending,
+            attempts: 0,
+            last_attempt_time: None,
+            last_status_code: None,
+            next_attempt_time: None,
+        })
+        .collect()
+}
+
+/// `found` in the order the job configured its callbacks, whatever order
+/// the ids sort in.
+fn in_configured_order(
+    mut found: Vec<crate::model::CallbackStatus>,
+    stored: &[StoredCallback],
+) -> Vec<crate::model::CallbackStatus> {
+    let order: std::collections::HashMap<Uuid, usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.delivery_id, i))
+        .collect();
+    found.sort_by_key(|c| order.get(&c.delivery_id).copied().unwrap_or(usize::MAX));
+    found
+}
+
+fn count_enqueued(kind: DeliveryKind) {
+    metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => kind.as_str()).increment(1);
 }
 
 fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> Result<String> {

@@ -2,18 +2,20 @@
 //! and purging what has expired (in small batches, so a purge never holds
 //! long locks on the hot queue).
 
-use sqlx::{PgExecutor, Row};
+use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Schema;
 use crate::error::Result;
+use crate::model::Method;
+use crate::state::{DeliveryKind, DeliveryState};
 
 /// Which deliveries an operator means.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// pending, delivering, delivered, failed.
-    pub status: Option<String>,
+    /// Only deliveries in this state.
+    pub status: Option<DeliveryState>,
     /// Queued at or after this time.
     pub since: Option<OffsetDateTime>,
     /// Destination host (exact, case-insensitive).
@@ -25,22 +27,22 @@ pub struct Filter {
 }
 
 /// One line of `deliveries list`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryLine {
     /// Delivery id.
     pub delivery_id: Uuid,
     /// Owning job.
     pub job_id: Option<String>,
-    /// analytics, transcript, media, generic.
+    /// What it carries.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: DeliveryKind,
     /// POST or PUT.
-    pub method: String,
+    pub method: Method,
     /// Destination.
     pub url: String,
-    /// pending, delivering, delivered, failed.
-    pub status: String,
+    /// Its state.
+    pub status: DeliveryState,
     /// Attempts so far.
     pub attempts: i32,
     /// Last HTTP status.
@@ -89,35 +91,19 @@ async fn list_ordered<'e, E: PgExecutor<'e>>(
     order: &'static str,
 ) -> Result<Vec<DeliveryLine>> {
     let sql = format!(
-        "SELECT d.id, d.job_id, d.kind, d.method, d.url, d.state, d.attempts, d.last_status_code, d.last_error,
-                d.queued_at, CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at
+        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, d.state AS status, d.attempts,
+                d.last_status_code, d.last_error, d.queued_at,
+                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_time
          {FILTER_SQL} ORDER BY {order} LIMIT $5"
     );
-    let rows = sqlx::query(&schema.sql(&sql))
-        .bind(&filter.status)
+    Ok(sqlx::query_as(&schema.sql(&sql))
+        .bind(filter.status)
         .bind(filter.since)
         .bind(&filter.host)
         .bind(&filter.job)
         .bind(filter.limit)
         .fetch_all(db)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DeliveryLine {
-                delivery_id: r.try_get("id")?,
-                job_id: r.try_get("job_id")?,
-                kind: r.try_get("kind")?,
-                method: r.try_get("method")?,
-                url: r.try_get("url")?,
-                status: r.try_get("state")?,
-                attempts: r.try_get("attempts")?,
-                last_status_code: r.try_get("last_status_code")?,
-                last_error: r.try_get("last_error")?,
-                queued_at: r.try_get("queued_at")?,
-                next_attempt_time: r.try_get("next_attempt_at")?,
-            })
-        })
-        .collect()
+        .await?)
 }
 
 /// How long the id of a purged job keeps answering `job_expired`.

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Schema;
 use crate::error::Result;
-use crate::model::{AttemptView, DeliveryView};
+use crate::model::{AttemptView, DeliveryView, Method};
+use crate::state::{DeliveryKind, DeliveryState};
 
 /// A delivery to queue, with what it sends.
 #[derive(Debug, Clone)]
@@ -19,10 +20,10 @@ pub struct NewDelivery {
     pub id: Uuid,
     /// Owning job, if any.
     pub job_id: Option<String>,
-    /// analytics, transcript, media, generic.
-    pub kind: String,
+    /// What it carries.
+    pub kind: DeliveryKind,
     /// POST or PUT.
-    pub method: String,
+    pub method: Method,
     /// Destination.
     pub url: String,
     /// Destination host (for per-host fairness and filters).
@@ -61,8 +62,8 @@ pub async fn insert_leased(
     }
     let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
     let job_ids: Vec<Option<&str>> = batch.iter().map(|d| d.job_id.as_deref()).collect();
-    let kinds: Vec<&str> = batch.iter().map(|d| d.kind.as_str()).collect();
-    let methods: Vec<&str> = batch.iter().map(|d| d.method.as_str()).collect();
+    let kinds: Vec<DeliveryKind> = batch.iter().map(|d| d.kind).collect();
+    let methods: Vec<Method> = batch.iter().map(|d| d.method).collect();
     let urls: Vec<&str> = batch.iter().map(|d| d.url.as_str()).collect();
     let hosts: Vec<&str> = batch.iter().map(|d| d.host.as_str()).collect();
     let expires: Vec<OffsetDateTime> = batch.iter().map(|d| d.expires_at).collect();
@@ -139,8 +140,8 @@ pub async fn insert_one(
     ))
     .bind(d.id)
     .bind(&d.job_id)
-    .bind(&d.kind)
-    .bind(&d.method)
+    .bind(d.kind)
+    .bind(d.method)
     .bind(&d.url)
     .bind(&d.host)
     .bind(d.expires_at)
@@ -165,13 +166,31 @@ pub fn mask_headers(headers: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The delivery `id` with every attempt.
+/// A `deliveries` row joined with its payload, as [`find`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct DeliveryRow {
+    id: Uuid,
+    job_id: Option<String>,
+    kind: DeliveryKind,
+    url: String,
+    method: Method,
+    state: DeliveryState,
+    attempts: i32,
+    queued_at: OffsetDateTime,
+    next_attempt_at: Option<OffsetDateTime>,
+    completed_at: Option<OffsetDateTime>,
+    expires_at: OffsetDateTime,
+    content_type: String,
+    headers: Value,
+}
+
+/// The delivery `id` with every attempt, and when it expires.
 pub async fn find(
     conn: &mut PgConnection,
     schema: &Schema,
     id: Uuid,
 ) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
-    let row = sqlx::query(&schema.sql(
+    let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(
         "SELECT d.id, d.job_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
                 CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
                 d.completed_at, d.expires_at, p.content_type, p.headers
@@ -183,23 +202,22 @@ pub async fn find(
     .await?;
     let Some(row) = row else { return Ok(None) };
     let attempts = attempts(&mut *conn, schema, id).await?;
-    let headers: Value = row.try_get("headers")?;
     let view = DeliveryView {
-        delivery_id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        kind: row.try_get("kind")?,
-        url: row.try_get("url")?,
-        method: row.try_get("method")?,
-        content_type: row.try_get("content_type")?,
-        headers: mask_headers(&headers),
-        status: row.try_get("state")?,
-        attempt_count: row.try_get("attempts")?,
-        queued_at: row.try_get("queued_at")?,
-        next_attempt_time: row.try_get("next_attempt_at")?,
-        completed_at: row.try_get("completed_at")?,
+        delivery_id: row.id,
+        job_id: row.job_id,
+        kind: row.kind,
+        url: row.url,
+        method: row.method,
+        content_type: row.content_type,
+        headers: mask_headers(&row.headers),
+        status: row.state,
+        attempt_count: row.attempts,
+        queued_at: row.queued_at,
+        next_attempt_time: row.next_attempt_at,
+        completed_at: row.completed_at,
         attempts,
     };
-    Ok(Some((view, row.try_get("expires_at")?)))
+    Ok(Some((view, row.expires_at)))
 }
 
 /// Every attempt of delivery `id`, oldest first.
@@ -208,25 +226,13 @@ pub async fn attempts<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     id: Uuid,
 ) -> Result<Vec<AttemptView>> {
-    let rows = sqlx::query(&schema.sql(
+    Ok(sqlx::query_as(&schema.sql(
         "SELECT attempt, started_at, duration_ms, status_code, error, response_snippet
          FROM postback.attempts WHERE delivery_id = $1 ORDER BY attempt",
     ))
     .bind(id)
     .fetch_all(db)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AttemptView {
-                attempt: r.try_get("attempt")?,
-                started_at: r.try_get("started_at")?,
-                duration_ms: r.try_get("duration_ms")?,
-                status_code: r.try_get("status_code")?,
-                error: r.try_get("error")?,
-                response_snippet: r.try_get("response_snippet")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// Outcome of a replay request for one delivery.
@@ -248,7 +254,7 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
     id: Uuid,
     due: OffsetDateTime,
 ) -> Result<Replayed> {
-    let row = sqlx::query(&schema.sql(
+    let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(
         "WITH target AS (
              SELECT id, state FROM postback.deliveries
              WHERE id = $1 AND expires_at > now() FOR UPDATE),
@@ -265,8 +271,6 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
     .bind(due)
     .fetch_one(db)
     .await?;
-    let state: Option<String> = row.try_get("state")?;
-    let updated: i64 = row.try_get("updated")?;
     Ok(match (state, updated) {
         (None, _) => Replayed::Missing,
         (Some(_), 0) => Replayed::InFlight,

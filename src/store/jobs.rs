@@ -1,15 +1,16 @@
 //! The `jobs` table: registration, the result transition, polling reads.
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
 use super::Schema;
 use crate::error::Result;
 use crate::model::CallbackStatus;
+use crate::state::JobState;
 
 /// A stored job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     /// Id.
     pub id: String,
@@ -19,8 +20,8 @@ pub struct JobRow {
     pub metadata: Option<Value>,
     /// `[{"deliveryId","spec"}]`.
     pub callbacks: Value,
-    /// in_progress, completed, failed.
-    pub status: String,
+    /// Whether its result arrived, and how.
+    pub status: JobState,
     /// The posted result (JobResult JSON).
     pub result: Option<Value>,
     /// Creation time.
@@ -32,19 +33,6 @@ pub struct JobRow {
 const JOB_COLUMNS: &str =
     "id, request, metadata, callbacks, status, result, created_at, expires_at";
 
-fn job_from_row(row: &sqlx::postgres::PgRow) -> Result<JobRow> {
-    Ok(JobRow {
-        id: row.try_get("id")?,
-        request: row.try_get("request")?,
-        metadata: row.try_get("metadata")?,
-        callbacks: row.try_get("callbacks")?,
-        status: row.try_get("status")?,
-        result: row.try_get("result")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-    })
-}
-
 /// Inserts a job unless one with the same id exists; returns the stored job
 /// and whether this call created it.
 pub async fn insert(
@@ -52,7 +40,7 @@ pub async fn insert(
     schema: &Schema,
     job: &JobRow,
 ) -> Result<(JobRow, bool)> {
-    let inserted = sqlx::query(&schema.sql(
+    let inserted: Option<JobRow> = sqlx::query_as(&schema.sql(
         "INSERT INTO postback.jobs (id, request, metadata, callbacks, status, created_at, expires_at)
          VALUES ($1, $2, $3, $4, 'in_progress', $5, $6)
          ON CONFLICT (id) DO NOTHING
@@ -67,7 +55,7 @@ pub async fn insert(
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
-        return Ok((job_from_row(&row)?, true));
+        return Ok((row, true));
     }
     let existing = find(&mut *conn, schema, &job.id, false).await?;
     match existing {
@@ -90,8 +78,7 @@ pub async fn find<'e, E: PgExecutor<'e>>(
         schema.sql("SELECT id, request, metadata, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1")
     };
     debug_assert!(sql.contains(JOB_COLUMNS));
-    let row = sqlx::query(&sql).bind(id).fetch_optional(db).await?;
-    row.as_ref().map(job_from_row).transpose()
+    Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
 }
 
 /// Marks the job completed or failed with its result.
@@ -99,7 +86,7 @@ pub async fn set_result(
     conn: &mut PgConnection,
     schema: &Schema,
     id: &str,
-    status: &str,
+    status: JobState,
     result: &Value,
 ) -> Result<()> {
     sqlx::query(&schema.sql(
@@ -119,29 +106,15 @@ pub async fn callback_statuses<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     id: &str,
 ) -> Result<Vec<CallbackStatus>> {
-    let rows = sqlx::query(&schema.sql(
-        "SELECT id, url, method, kind, state, attempts, last_attempt_at, last_status_code,
-                CASE WHEN state = 'pending' THEN next_attempt_at END AS next_attempt_at
+    Ok(sqlx::query_as(&schema.sql(
+        "SELECT id AS delivery_id, url, method, kind, state AS status, attempts,
+                last_attempt_at AS last_attempt_time, last_status_code,
+                CASE WHEN state = 'pending' THEN next_attempt_at END AS next_attempt_time
          FROM postback.deliveries WHERE job_id = $1 ORDER BY id",
     ))
     .bind(id)
     .fetch_all(db)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(CallbackStatus {
-                delivery_id: r.try_get("id")?,
-                url: r.try_get("url")?,
-                method: r.try_get("method")?,
-                kind: r.try_get("kind")?,
-                status: r.try_get("state")?,
-                attempts: r.try_get("attempts")?,
-                last_attempt_time: r.try_get("last_attempt_at")?,
-                last_status_code: r.try_get("last_status_code")?,
-                next_attempt_time: r.try_get("next_attempt_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// When job `id` expired, if it was purged (and its tombstone is kept).

@@ -1,7 +1,7 @@
-//! PostgreSQL: connections, migrations and every SQL statement Postback
-//! runs. It owns the schema and the queue's claim/complete protocol; it must
-//! not make HTTP calls or decide policy (what to retry when is `schedule`'s,
-//! what is valid is `validate`'s).
+//! PostgreSQL: connections, migrations, and the tables' statements outside
+//! the hot queue protocol (that is `queue`'s: claim, lease, complete). It
+//! owns the schema; it must not make HTTP calls or decide policy (what to
+//! retry when is `schedule`'s, what is valid is `validate`'s).
 //!
 //! Statements name their tables as `postback.<table>`; when the configured
 //! schema is another one, [`Schema::sql`] rewrites them once per call. That
@@ -11,7 +11,6 @@
 pub mod admin;
 pub mod deliveries;
 pub mod jobs;
-pub mod queue;
 pub mod settings;
 
 use std::borrow::Cow;

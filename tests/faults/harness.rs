@@ -362,8 +362,8 @@ pub async fn queue_many(pool: &PgPool, url: &str, n: usize) -> Vec<String> {
         .map(|i| postback::store::deliveries::NewDelivery {
             id: uuid::Uuid::now_v7(),
             job_id: None,
-            kind: "generic".into(),
-            method: "POST".into(),
+            kind: postback::state::DeliveryKind::Generic,
+            method: postback::Method::Post,
             url: format!("{url}/{i}"),
             host: host.clone(),
             content_type: "application/json".into(),

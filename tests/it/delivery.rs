@@ -1168,8 +1168,8 @@ async fn queue_many(app: &TestApp, url: &str, n: usize) -> HashSet<String> {
         .map(|i| postback::store::deliveries::NewDelivery {
             id: uuid::Uuid::now_v7(),
             job_id: None,
-            kind: "generic".into(),
-            method: "POST".into(),
+            kind: postback::state::DeliveryKind::Generic,
+            method: postback::Method::Post,
             url: url.to_owned(),
             host: host.clone(),
             content_type: "application/json".into(),

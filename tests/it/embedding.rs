@@ -76,7 +76,7 @@ async fn a_result_posted_in_a_rolled_back_transaction_queues_nothing_and_a_commi
         "a rolled-back result queued a delivery"
     );
     let view = lib.job(&pool, "j-embed").await.unwrap();
-    assert_eq!(view.status, "InProgress");
+    assert_eq!(view.status, postback::state::JobStatus::InProgress);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM transcripts")
         .fetch_one(&pool)
         .await
@@ -103,7 +103,10 @@ async fn a_result_posted_in_a_rolled_back_transaction_queues_nothing_and_a_commi
     let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(body["jobId"], "j-embed");
     assert_eq!(body["status"], "failed");
-    assert_eq!(lib.job(&pool, "j-embed").await.unwrap().status, "Failed");
+    assert_eq!(
+        lib.job(&pool, "j-embed").await.unwrap().status,
+        postback::state::JobStatus::Failed
+    );
     stop.cancel();
     running.await.unwrap().unwrap();
 }

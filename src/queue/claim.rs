@@ -1,5 +1,5 @@
-//! The hot path: claiming due deliveries in batches and writing outcomes in
-//! batches. One claim is one statement; one completion flush is one
+//! The queue's SQL: claiming due deliveries in batches and writing outcomes
+//! in batches. One claim is one statement; one completion flush is one
 //! statement, however many deliveries it carries.
 //!
 //! Protocol: a claim moves a due row to `delivering`, sets its
@@ -10,24 +10,27 @@
 //! overwrite a newer claim.
 
 use serde_json::Value;
-use sqlx::{PgExecutor, Row};
+use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Schema;
 use crate::error::Result;
+use crate::model::Method;
+use crate::state::{DeliveryKind, DeliveryState};
+use crate::store::deliveries::NewDelivery;
+use crate::store::Schema;
 
 /// A claimed delivery, with everything needed to attempt it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
     /// Delivery id (`webhook-id`).
     pub id: Uuid,
     /// Owning job.
     pub job_id: Option<String>,
-    /// analytics, transcript, media, generic.
-    pub kind: String,
+    /// What it carries.
+    pub kind: DeliveryKind,
     /// POST or PUT.
-    pub method: String,
+    pub method: Method,
     /// Destination.
     pub url: String,
     /// Destination host.
@@ -47,9 +50,57 @@ pub struct Claimed {
     /// Per-callback auth.
     pub auth: Option<Value>,
     /// Body, unless media; shared, so every attempt sends it without copying.
-    pub body: Option<bytes::Bytes>,
+    pub body: Option<Body>,
     /// File to stream, for media.
     pub file_path: Option<String>,
+}
+
+impl Claimed {
+    /// A delivery that intake has just stored already leased with `lease`
+    /// (the in-process handoff): the same fields a claim would read back.
+    pub fn fresh(row: NewDelivery, lease: Uuid) -> Self {
+        Claimed {
+            id: row.id,
+            job_id: row.job_id,
+            kind: row.kind,
+            method: row.method,
+            url: row.url,
+            host: row.host,
+            lease,
+            cycle_attempts: 0,
+            cycle_started_at: None,
+            queued_at: OffsetDateTime::now_utc(),
+            content_type: row.content_type,
+            headers: row.headers,
+            auth: row.auth,
+            body: row.body.map(|b| Body(b.into())),
+            file_path: row.file_path,
+        }
+    }
+}
+
+/// A stored body held once and shared by every attempt (`bytea`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body(pub bytes::Bytes);
+
+impl std::ops::Deref for Body {
+    type Target = bytes::Bytes;
+    fn deref(&self) -> &bytes::Bytes {
+        &self.0
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for Body {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Vec<u8> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Body {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let bytes = <Vec<u8> as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(Body(bytes.into()))
+    }
 }
 
 /// How many more attempts this process may start per destination host.
@@ -91,7 +142,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     let full = room.full();
     let busy_hosts: Vec<&str> = room.busy.iter().map(|(h, _)| h.as_str()).collect();
     let busy_room: Vec<i64> = room.busy.iter().map(|(_, r)| *r).collect();
-    let rows = sqlx::query(&schema.sql(
+    let rows = sqlx::query_as::<_, Claimed>(&schema.sql(
         // Candidates are read without locks and trimmed to each host's room
         // first; only the rows actually taken are locked (SKIP LOCKED, with
         // the due time re-checked on the locked row). Locking every candidate
@@ -118,7 +169,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              UPDATE postback.deliveries d
              SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
              FROM due WHERE d.id = due.id
-             RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.cycle_attempts,
+             RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
          SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
@@ -133,29 +184,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     .bind(&busy_room)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Claimed {
-                id: r.try_get("id")?,
-                job_id: r.try_get("job_id")?,
-                kind: r.try_get("kind")?,
-                method: r.try_get("method")?,
-                url: r.try_get("url")?,
-                host: r.try_get("host")?,
-                lease,
-                cycle_attempts: r.try_get("cycle_attempts")?,
-                cycle_started_at: r.try_get("cycle_started_at")?,
-                queued_at: r.try_get("queued_at")?,
-                content_type: r.try_get("content_type")?,
-                headers: r.try_get("headers")?,
-                auth: r.try_get("auth")?,
-                body: r
-                    .try_get::<Option<Vec<u8>>, _>("body")?
-                    .map(bytes::Bytes::from),
-                file_path: r.try_get("file_path")?,
-            })
-        })
-        .collect()
+    Ok(rows)
 }
 
 /// The recorded result of one attempt and the state it leads to.
@@ -165,8 +194,8 @@ pub struct Completion {
     pub id: Uuid,
     /// Lease token it was claimed with.
     pub lease: Uuid,
-    /// pending (retry), delivered or failed.
-    pub state: &'static str,
+    /// Pending (a retry), delivered or failed.
+    pub state: DeliveryState,
     /// Next due time when pending.
     pub next_attempt_at: Option<OffsetDateTime>,
     /// When the attempt started.
@@ -176,7 +205,7 @@ pub struct Completion {
     /// HTTP status, when a response arrived.
     pub status_code: Option<i32>,
     /// Outcome class when it failed.
-    pub error: Option<String>,
+    pub error: Option<&'static str>,
     /// First 1 KiB of the response.
     pub response_snippet: Option<String>,
 }
@@ -195,17 +224,17 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     }
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
     let leases: Vec<Uuid> = batch.iter().map(|c| c.lease).collect();
-    let states: Vec<&str> = batch.iter().map(|c| c.state).collect();
+    let states: Vec<DeliveryState> = batch.iter().map(|c| c.state).collect();
     let next: Vec<Option<OffsetDateTime>> = batch.iter().map(|c| c.next_attempt_at).collect();
     let started: Vec<OffsetDateTime> = batch.iter().map(|c| c.started_at).collect();
     let durations: Vec<i32> = batch.iter().map(|c| c.duration_ms).collect();
     let codes: Vec<Option<i32>> = batch.iter().map(|c| c.status_code).collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error).collect();
     let snippets: Vec<Option<&str>> = batch
         .iter()
         .map(|c| c.response_snippet.as_deref())
         .collect();
-    let row = sqlx::query(&schema.sql(
+    let n: i64 = sqlx::query_scalar(&schema.sql(
         "WITH u AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
                                   $5::timestamptz[], $6::int[], $7::int[], $8::text[], $9::text[])
@@ -242,8 +271,7 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     .bind(&snippets)
     .fetch_one(db)
     .await?;
-    let n: i64 = row.try_get("n")?;
-    Ok(n as u64)
+    Ok(n.max(0) as u64)
 }
 
 /// Hands claimed deliveries back without an attempt (shutdown, or no room

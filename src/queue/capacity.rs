@@ -1,11 +1,101 @@
-//! Per-host fairness: how many attempts this process has in flight to each
-//! destination host, so one slow or dead host never holds more than its
-//! share and the claim can skip hosts that are full.
+//! What a process may start: a global limit of attempts in flight
+//! (`POSTBACK_CONCURRENCY`), a per-host limit (fairness: one slow or dead
+//! host never holds more than its share, and the claim skips hosts that
+//! are full), and the tracker of every attempt in flight that shutdown
+//! waits for. Both the claim loop and the in-process handoff take their
+//! room here, so they can never oversubscribe between them.
+//!
+//! It must not start anything: it only counts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::queue::HostRoom;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+
+use super::claim::HostRoom;
+use super::wake::Waker;
+
+/// Most semaphore permits tokio allows; `POSTBACK_CONCURRENCY` is checked
+/// against it when the settings are read.
+pub const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS;
+
+/// The room of one process (cheap to clone; clones share the counts).
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    slots: Arc<Semaphore>,
+    hosts: HostSlots,
+    in_flight: TaskTracker,
+}
+
+/// Room for one attempt: a global slot and a slot of its host, returned
+/// when dropped.
+#[derive(Debug)]
+pub struct Room {
+    _permit: OwnedSemaphorePermit,
+    _host: HostSlot,
+}
+
+impl Capacity {
+    /// `concurrency` attempts in flight at most, `per_host` per host;
+    /// `waker` is woken whenever a full host gets a slot back.
+    pub fn new(concurrency: usize, per_host: usize, waker: Waker) -> Self {
+        Capacity {
+            slots: Arc::new(Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY))),
+            hosts: HostSlots::waking(per_host, waker),
+            in_flight: TaskTracker::new(),
+        }
+    }
+
+    /// Free global slots right now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Resolves once at least one global slot is free.
+    pub async fn wait_free(&self) {
+        if let Ok(permit) = self.slots.acquire().await {
+            drop(permit);
+        }
+    }
+
+    /// Room for an attempt to `host`, if there is some.
+    pub fn try_take(&self, host: &str) -> Option<Room> {
+        let host = self.hosts.try_take(host)?;
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Room {
+            _permit: permit,
+            _host: host,
+        })
+    }
+
+    /// The per-host counts, for the claim.
+    pub fn hosts(&self) -> &HostSlots {
+        &self.hosts
+    }
+
+    /// The tracker of attempts in flight (spawn them on it).
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.in_flight
+    }
+
+    /// A token that counts as one attempt in flight, unless shutdown began.
+    pub fn in_flight_token(&self) -> Option<TaskTrackerToken> {
+        if self.in_flight.is_closed() {
+            return None;
+        }
+        let token = self.in_flight.token();
+        // Shutdown may have begun between the check and the token.
+        (!self.in_flight.is_closed()).then_some(token)
+    }
+
+    /// Stops handing out room and waits for every attempt in flight.
+    pub async fn close_and_wait(&self) {
+        self.in_flight.close();
+        self.in_flight.wait().await;
+    }
+}
 
 /// Counts attempts in flight per host against a fixed limit.
 #[derive(Debug, Clone)]
@@ -14,7 +104,7 @@ pub struct HostSlots {
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
     /// Woken when a full host gets room again: the claim skipped that
     /// host's due work while it was full.
-    waker: super::Waker,
+    waker: Waker,
 }
 
 /// A taken slot; returning it is dropping it.
@@ -27,12 +117,12 @@ pub struct HostSlot {
 impl HostSlots {
     /// At most `limit` attempts per host.
     pub fn new(limit: usize) -> Self {
-        Self::waking(limit, super::Waker::default())
+        Self::waking(limit, Waker::default())
     }
 
     /// At most `limit` attempts per host; `waker` is woken whenever a host
     /// that was full gets a slot back.
-    pub fn waking(limit: usize, waker: super::Waker) -> Self {
+    pub fn waking(limit: usize, waker: Waker) -> Self {
         HostSlots {
             limit: limit.max(1),
             in_flight: Arc::default(),
