@@ -3,28 +3,35 @@
 //! A reliable outbound callback dispatcher for speech-to-text backends:
 //! deliveries are queued in PostgreSQL, retried on the VoiceBase schedule,
 //! sent signed from a fixed egress identity, watched in Prometheus, and
-//! replayable by an operator. `../SPEC.md` (the product contract) names
+//! replayable by an operator. `docs/SPEC.md` (the product contract; "SPEC §n" below) names
 //! every path, field, flag and metric.
 //!
 //! ## Layout
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`model`] | the wire types (jobs, callbacks, results, views) |
-//! | [`validate`] | refusing bad input with a message that says what to fix |
-//! | [`intake`] | the library API: jobs, results, generic deliveries, replay ([`Postback`]) |
-//! | [`store`] | PostgreSQL: schema, migrations, the claim/complete queue |
-//! | [`schedule`] | the retry schedule, one pure function |
-//! | [`delivery`] | workers: claim, attempt over HTTP, batched completion ([`Dispatcher`]) |
-//! | [`egress`] | outbound identity and the SSRF guard |
-//! | [`signing`] | Standard Webhooks signatures and callback JWTs |
-//! | [`render`] | callback bodies: analytics JSON, text, SubRip, WebVTT, DFXP |
-//! | [`metrics`] | Prometheus names and the queue gauges |
-//! | [`config`] | every setting, from flags/env or code |
-//! | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
-//! | [`runtime`] | assembling and stopping a process |
-//! | `api` | the HTTP API (feature `api`) |
-//! | `cli` | the `postback` command line (feature `cli`) |
+//! Listed bottom-up: a module imports only modules of the rows above its
+//! own, never one below (`tests/architecture.rs` checks the graph has no
+//! cycle; `docs/architecture.md` walks one delivery through it).
+//!
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | leaf | [`state`] | the shared states: delivery state and kind, job status, attempt outcome |
+//! | leaf | [`error`] | the library's error type |
+//! | leaf | [`schedule`] | the retry schedule, one pure function |
+//! | leaf | [`signing`] | Standard Webhooks signatures and callback JWTs |
+//! | leaf | [`egress`] | outbound identity and the SSRF guard |
+//! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
+//! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
+//! | data | [`config`] | every setting, from flags/env or code |
+//! | data | [`store`] | PostgreSQL: schema, migrations, tables outside the hot path |
+//! | data | [`render`] | callback bodies: analytics JSON, text, SubRip, WebVTT, DFXP |
+//! | data | [`validate`] | refusing bad input with a message that says what to fix |
+//! | queue | [`queue`] | the queue protocol: claim, lease, wake-up, capacity, handoff |
+//! | queue | [`metrics`] | Prometheus names and the queue gauges |
+//! | sides | [`intake`] | the library API that writes deliveries ([`Postback`]); never sends |
+//! | sides | [`delivery`] | the engine: claim loop, HTTP attempt, batched completion ([`Dispatcher`]) |
+//! | edges | [`runtime`] | assembling and stopping a process |
+//! | edges | `api` | the HTTP API (feature `api`) |
+//! | edges | `cli` | the `postback` command line (feature `cli`) |
 //!
 //! ## Shutdown
 //!
