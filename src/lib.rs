@@ -56,7 +56,7 @@ pub mod validate;
 pub use config::Config;
 pub use delivery::Dispatcher;
 pub use delivery::Waker;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use intake::Postback;
 pub use model::{
     CallbackAuth, CallbackSpec, CallbackType, Include, JobError, JobOutput, JobResult, JobView,
