@@ -5,6 +5,8 @@
 //! [`ErrorCode`] (in `error/code.rs`).
 
 mod code;
+#[cfg(test)]
+mod code_scan;
 
 pub use code::ErrorCode;
 
