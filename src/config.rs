@@ -2,6 +2,10 @@
 //! `worker` read from flags and the environment (through clap, behind the
 //! `cli` feature) and that an embedder constructs in code. It owns parsing
 //! and validating values; it must not open connections or start anything.
+//!
+//! Every default is written once, in [`defaults`], in the spelling an
+//! operator would type: clap's `default_value`s and [`Config::default`]
+//! (which parses the same strings with the same parsers) both read it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,6 +14,40 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::schedule::RetryPolicy;
+
+/// The default of every setting that has one, as its flag/env spelling
+/// (SPEC §1). The only place defaults are written: clap's `default_value`s
+/// and [`Config::default`] both use these.
+pub mod defaults {
+    /// `POSTBACK_DATA_DIR`.
+    pub const DATA_DIR: &str = "./.postback/pg";
+    /// `POSTBACK_LISTEN`.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// `POSTBACK_INSECURE_NO_AUTH`.
+    pub const INSECURE_NO_AUTH: &str = "0";
+    /// `POSTBACK_RETRY_IMMEDIATE`.
+    pub const RETRY_IMMEDIATE: &str = "2";
+    /// `POSTBACK_RETRY_FIRST_DELAY`.
+    pub const RETRY_FIRST_DELAY: &str = "15m";
+    /// `POSTBACK_RETRY_MAX_DELAY`.
+    pub const RETRY_MAX_DELAY: &str = "16h";
+    /// `POSTBACK_RETRY_GIVE_UP`.
+    pub const RETRY_GIVE_UP: &str = "36h";
+    /// `POSTBACK_ATTEMPT_TIMEOUT`.
+    pub const ATTEMPT_TIMEOUT: &str = "30s";
+    /// `POSTBACK_CONCURRENCY`.
+    pub const CONCURRENCY: &str = "256";
+    /// `POSTBACK_PER_HOST_CONCURRENCY`.
+    pub const PER_HOST_CONCURRENCY: &str = "16";
+    /// `POSTBACK_JOB_TTL`.
+    pub const JOB_TTL: &str = "7d";
+    /// `POSTBACK_MAX_BODY`.
+    pub const MAX_BODY: &str = "16MiB";
+    /// `POSTBACK_LOG_FORMAT`.
+    pub const LOG_FORMAT: &str = "pretty";
+    /// `POSTBACK_DB_SCHEMA`.
+    pub const DB_SCHEMA: &str = "postback";
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,7 +61,7 @@ pub enum LogFormat {
 }
 
 /// Every setting of `serve` and `worker` (SPEC §1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Config {
     /// PostgreSQL URL; unset: `serve` runs a private cluster under POSTBACK_DATA_DIR.
@@ -36,14 +74,14 @@ pub struct Config {
     /// Where the embedded PostgreSQL cluster keeps its data.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_DATA_DIR", default_value = "./.postback/pg")
+        arg(long, env = "POSTBACK_DATA_DIR", default_value = defaults::DATA_DIR)
     )]
     pub data_dir: PathBuf,
 
     /// API address.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_LISTEN", default_value = "127.0.0.1:8080")
+        arg(long, env = "POSTBACK_LISTEN", default_value = defaults::LISTEN)
     )]
     pub listen: SocketAddr,
 
@@ -55,7 +93,7 @@ pub struct Config {
     pub api_token: Option<String>,
 
     /// Run the API without a token (development only).
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_INSECURE_NO_AUTH", value_parser = parse_flag, default_value = "0"))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_INSECURE_NO_AUTH", value_parser = parse_flag, default_value = defaults::INSECURE_NO_AUTH))]
     pub insecure_no_auth: bool,
 
     /// Standard Webhooks secret (`whsec_` + base64); unset: generated once and kept in the database.
@@ -68,43 +106,43 @@ pub struct Config {
     /// Immediate retries after a failed first attempt.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_RETRY_IMMEDIATE", default_value = "2")
+        arg(long, env = "POSTBACK_RETRY_IMMEDIATE", default_value = defaults::RETRY_IMMEDIATE)
     )]
     pub retry_immediate: u32,
 
     /// Wait before the first scheduled retry.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_FIRST_DELAY", default_value = "15m", value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_FIRST_DELAY", default_value = defaults::RETRY_FIRST_DELAY, value_parser = parse_duration))]
     pub retry_first_delay: Duration,
 
     /// Cap of the doubling wait.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_MAX_DELAY", default_value = "16h", value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_MAX_DELAY", default_value = defaults::RETRY_MAX_DELAY, value_parser = parse_duration))]
     pub retry_max_delay: Duration,
 
     /// Give-up horizon, measured from the first attempt.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_GIVE_UP", default_value = "36h", value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_GIVE_UP", default_value = defaults::RETRY_GIVE_UP, value_parser = parse_duration))]
     pub retry_give_up: Duration,
 
     /// One attempt, connect to last response byte.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_ATTEMPT_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_ATTEMPT_TIMEOUT", default_value = defaults::ATTEMPT_TIMEOUT, value_parser = parse_positive_duration))]
     pub attempt_timeout: Duration,
 
     /// Attempts in flight per process; 0 runs the API alone.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_CONCURRENCY", default_value = "256")
+        arg(long, env = "POSTBACK_CONCURRENCY", default_value = defaults::CONCURRENCY)
     )]
     pub concurrency: usize,
 
     /// Attempts in flight per destination host per process.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value = "16", value_parser = clap::value_parser!(u32).range(1..)))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value = defaults::PER_HOST_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
     pub per_host_concurrency: u32,
 
     /// Job and delivery lifetime from creation.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = "7d", value_parser = parse_positive_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = defaults::JOB_TTL, value_parser = parse_positive_duration))]
     pub job_ttl: Duration,
 
     /// Largest request body the API accepts.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MAX_BODY", default_value = "16MiB", value_parser = parse_bytes))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MAX_BODY", default_value = defaults::MAX_BODY, value_parser = parse_bytes))]
     pub max_body: u64,
 
     /// Local IP every outbound connection binds to.
@@ -137,7 +175,7 @@ pub struct Config {
             long,
             env = "POSTBACK_LOG_FORMAT",
             value_enum,
-            default_value = "pretty"
+            default_value = defaults::LOG_FORMAT
         )
     )]
     pub log_format: LogFormat,
@@ -147,38 +185,69 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 
     /// PostgreSQL schema that holds Postback's tables.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = "postback", value_parser = parse_schema))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = defaults::DB_SCHEMA, value_parser = parse_schema))]
     pub db_schema: String,
 }
 
 impl Default for Config {
+    /// The settings of `postback serve` with no flags and no environment:
+    /// [`defaults`], parsed as clap parses them.
     fn default() -> Self {
-        let retry = RetryPolicy::default();
+        fn parse<T>(what: &str, value: &str, parser: impl Fn(&str) -> Result<T, String>) -> T {
+            parser(value).unwrap_or_else(|e| panic!("defaults::{what} = {value:?}: {e}"))
+        }
+        fn from_str<T: std::str::FromStr>(s: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            s.parse().map_err(|e: T::Err| e.to_string())
+        }
         Config {
             database_url: None,
-            data_dir: PathBuf::from("./.postback/pg"),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(defaults::DATA_DIR),
+            listen: parse("LISTEN", defaults::LISTEN, from_str),
             api_token: None,
-            insecure_no_auth: false,
+            insecure_no_auth: parse("INSECURE_NO_AUTH", defaults::INSECURE_NO_AUTH, parse_flag),
             signing_secret: None,
-            retry_immediate: retry.immediate,
-            retry_first_delay: retry.first_delay,
-            retry_max_delay: retry.max_delay,
-            retry_give_up: retry.give_up,
-            attempt_timeout: Duration::from_secs(30),
-            concurrency: 256,
-            per_host_concurrency: 16,
-            job_ttl: Duration::from_secs(7 * 24 * 3600),
-            max_body: 16 * 1024 * 1024,
+            retry_immediate: parse("RETRY_IMMEDIATE", defaults::RETRY_IMMEDIATE, from_str),
+            retry_first_delay: parse(
+                "RETRY_FIRST_DELAY",
+                defaults::RETRY_FIRST_DELAY,
+                parse_duration,
+            ),
+            retry_max_delay: parse("RETRY_MAX_DELAY", defaults::RETRY_MAX_DELAY, parse_duration),
+            retry_give_up: parse("RETRY_GIVE_UP", defaults::RETRY_GIVE_UP, parse_duration),
+            attempt_timeout: parse(
+                "ATTEMPT_TIMEOUT",
+                defaults::ATTEMPT_TIMEOUT,
+                parse_positive_duration,
+            ),
+            concurrency: parse("CONCURRENCY", defaults::CONCURRENCY, from_str),
+            per_host_concurrency: parse(
+                "PER_HOST_CONCURRENCY",
+                defaults::PER_HOST_CONCURRENCY,
+                from_str,
+            ),
+            job_ttl: parse("JOB_TTL", defaults::JOB_TTL, parse_positive_duration),
+            max_body: parse("MAX_BODY", defaults::MAX_BODY, parse_bytes),
             egress_source_addr: None,
             egress_proxy: None,
             egress_public_ips: Vec::new(),
             egress_allow: Vec::new(),
             egress_deny: Vec::new(),
-            log_format: LogFormat::Pretty,
+            log_format: parse("LOG_FORMAT", defaults::LOG_FORMAT, parse_log_format),
             metrics_listen: None,
-            db_schema: "postback".to_owned(),
+            db_schema: parse("DB_SCHEMA", defaults::DB_SCHEMA, parse_schema),
         }
+    }
+}
+
+/// `pretty` or `json` (what clap's `value_enum` accepts, without clap).
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("{other:?} is not a log format; use pretty or json")),
     }
 }
 
@@ -401,6 +470,55 @@ mod tests {
         assert_eq!(
             bad_secret.validate().err().map(|e| e.setting),
             Some("POSTBACK_SIGNING_SECRET")
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_the_schedule_and_schema_defaults_and_valid() {
+        let config = Config::default();
+        assert_eq!(config.retry_policy(), RetryPolicy::default());
+        assert_eq!(
+            crate::store::Schema::new(&config.db_schema),
+            crate::store::Schema::default()
+        );
+        config.validate().expect("the defaults are valid");
+        assert!(
+            config.job_ttl > config.retry_give_up,
+            "SPEC: the TTL exceeds the give-up"
+        );
+    }
+
+    /// `Config::default()` is what `serve` runs with when given no flags and
+    /// no environment: every setting, compared field by field.
+    #[cfg(feature = "cli")]
+    #[test]
+    fn the_default_is_what_clap_parses_from_no_flags_and_no_environment() {
+        use clap::{Args, FromArgMatches};
+        // No environment: the variables of this process (DATABASE_URL of a
+        // developer's shell, say) must not count, so every `env` is dropped.
+        let command = Config::augment_args(clap::Command::new("serve"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        assert!(
+            command.get_arguments().all(|a| a.get_env().is_none()),
+            "an env is left"
+        );
+        let matches = command
+            .try_get_matches_from(Vec::<String>::new())
+            .expect("no flags parse");
+        let parsed = Config::from_arg_matches(&matches).expect("the defaults parse");
+        assert_eq!(parsed, Config::default());
+    }
+
+    /// Every clap default of `Config` comes from [`defaults`]: a literal
+    /// `default_value` there would be a second place to write one.
+    #[test]
+    fn clap_defaults_are_only_written_in_the_defaults_module() {
+        let source = include_str!("config.rs");
+        let needle = ["default_value", " = \""].concat();
+        assert!(
+            !source.contains(&needle),
+            "a literal default_value in config.rs; add it to `defaults`"
         );
     }
 }

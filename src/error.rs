@@ -1,7 +1,14 @@
 //! The library's error type: what an embedder (and the HTTP layer) can match
 //! on. It owns the classification of failures into validation, not found,
 //! conflict and database errors; it must not know about HTTP status codes
-//! (the `api` module maps them).
+//! (the `api` module maps them). The stable codes themselves are
+//! [`ErrorCode`] (in `error/code.rs`).
+
+mod code;
+#[cfg(test)]
+mod code_scan;
+
+pub use code::ErrorCode;
 
 /// Everything a library call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -14,8 +21,8 @@ pub enum Error {
         field: String,
         /// What is wrong and how to fix it.
         reason: String,
-        /// Stable snake_case code for scripts.
-        code: &'static str,
+        /// Stable code for scripts.
+        code: ErrorCode,
     },
     /// No such job or delivery.
     #[error("{what} {id} was not found")]
@@ -36,8 +43,8 @@ pub enum Error {
     /// The request contradicts what is already stored.
     #[error("{message}")]
     Conflict {
-        /// Stable snake_case code.
-        code: &'static str,
+        /// Stable code for scripts.
+        code: ErrorCode,
         /// Human sentence.
         message: String,
     },
@@ -61,12 +68,19 @@ impl Error {
         }
     }
 
+    /// The stable code an answer to this error carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Validation { code, .. } | Error::Conflict { code, .. } => *code,
+            Error::NotFound { what, .. } => not_found_code(what),
+            Error::Expired { .. } => ErrorCode::JobExpired,
+            Error::Unavailable(_) => ErrorCode::DatabaseUnavailable,
+            Error::Database(_) => ErrorCode::InternalError,
+        }
+    }
+
     /// A validation error for `field`.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(code: ErrorCode, field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Validation {
             field: field.into(),
             reason: reason.into(),
@@ -82,6 +96,15 @@ impl From<sqlx::Error> for Error {
         } else {
             Error::Database(err)
         }
+    }
+}
+
+/// The code of [`Error::NotFound`] for `what` (`job`, `delivery`).
+fn not_found_code(what: &str) -> ErrorCode {
+    match what {
+        "job" => ErrorCode::JobNotFound,
+        "delivery" => ErrorCode::DeliveryNotFound,
+        _ => ErrorCode::NotFound,
     }
 }
 
@@ -114,6 +137,33 @@ mod tests {
         assert!(converted.is_unavailable());
         assert!(Error::Database(sqlx::Error::PoolClosed).is_unavailable());
         assert!(!Error::Database(sqlx::Error::RowNotFound).is_unavailable());
-        assert!(!Error::invalid("bad", "f", "r").is_unavailable());
+        assert!(!Error::invalid(ErrorCode::InvalidField, "f", "r").is_unavailable());
+    }
+
+    #[test]
+    fn every_variant_has_its_code() {
+        let not_found = |what| Error::NotFound {
+            what,
+            id: "x".into(),
+        };
+        assert_eq!(not_found("job").code(), ErrorCode::JobNotFound);
+        assert_eq!(not_found("delivery").code(), ErrorCode::DeliveryNotFound);
+        let expired = Error::Expired {
+            id: "x".into(),
+            expired_at: "then".into(),
+        };
+        assert_eq!(expired.code(), ErrorCode::JobExpired);
+        assert_eq!(
+            Error::invalid(ErrorCode::InvalidUrl, "url", "bad").code(),
+            ErrorCode::InvalidUrl
+        );
+        assert_eq!(
+            Error::from(sqlx::Error::PoolTimedOut).code(),
+            ErrorCode::DatabaseUnavailable
+        );
+        assert_eq!(
+            Error::Database(sqlx::Error::RowNotFound).code(),
+            ErrorCode::InternalError
+        );
     }
 }

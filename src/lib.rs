@@ -18,7 +18,7 @@
 //! | leaf | [`error`] | the library's error type |
 //! | leaf | [`schedule`] | the retry schedule, one pure function |
 //! | leaf | [`signing`] | Standard Webhooks signatures and callback JWTs |
-//! | leaf | [`egress`] | outbound identity and the SSRF guard |
+//! | leaf | [`egress`] | outbound identity and the SSRF guard (names refusals with [`ErrorCode`]) |
 //! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
 //! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
 //! | data | [`config`] | every setting, from flags/env or code |
@@ -64,7 +64,7 @@ pub mod validate;
 
 pub use config::Config;
 pub use delivery::Dispatcher;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorCode, Result};
 pub use intake::Postback;
 pub use model::{
     CallbackAuth, CallbackSpec, CallbackType, Include, JobError, JobOutput, JobResult, JobView,

@@ -7,7 +7,7 @@
 use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::egress::{check_destination, EgressPolicy};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use serde_json::Value;
 
 use crate::model::{
@@ -82,7 +82,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned + JsonObjects>(bytes: &[u8]) ->
         } else {
             format!("{e}; send a JSON object")
         };
-        Error::invalid("invalid_json", "body", reason)
+        Error::invalid(ErrorCode::InvalidJson, "body", reason)
     })?;
     for path in T::OBJECTS {
         objects_at(&value, path, String::new())?;
@@ -90,7 +90,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned + JsonObjects>(bytes: &[u8]) ->
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
-        Error::invalid("invalid_field", field, e.into_inner().to_string())
+        Error::invalid(ErrorCode::InvalidField, field, e.into_inner().to_string())
     })
 }
 
@@ -103,7 +103,7 @@ fn objects_at(value: &Value, path: &str, at: String) -> Result<(), Error> {
             _ => return Ok(()), // other types: serde names them precisely
         };
         return Err(Error::invalid(
-            "invalid_field",
+            ErrorCode::InvalidField,
             if at.is_empty() { "body".to_owned() } else { at },
             format!("invalid type: {kind}, expected a JSON object"),
         ));
@@ -145,7 +145,7 @@ pub fn job_id(id: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::invalid(
-            "invalid_job_id",
+            ErrorCode::InvalidJobId,
             "jobId",
             format!("must be 1 to {MAX_JOB_ID} visible ASCII characters without / ? # % or spaces"),
         ))
@@ -163,7 +163,7 @@ pub fn new_job(policy: &EgressPolicy, job: &NewJob) -> Result<(), Error> {
     let callbacks = &job.publish.callbacks;
     if callbacks.len() > MAX_CALLBACKS {
         return Err(Error::invalid(
-            "too_many_callbacks",
+            ErrorCode::TooManyCallbacks,
             "publish.callbacks",
             format!(
                 "at most {MAX_CALLBACKS} callbacks per job, got {}",
@@ -182,7 +182,7 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
     destination(policy, &cb.url, &format!("{at}.url"))?;
     let misplaced = |field: &str, only: &str| {
         Error::invalid(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("{at}.{field}"),
             format!("only applies to {only} callbacks; remove it or set \"type\": \"{only}\""),
         )
@@ -200,21 +200,21 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
     if let Some(CallbackAuth::Jwt { secret, scheme }) = &cb.auth {
         if secret.is_empty() {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("{at}.auth.secret"),
                 "must not be empty",
             ));
         }
         if secret.contains('\0') {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("{at}.auth.secret"),
                 "must not contain the NUL character (\\u0000)",
             ));
         }
         if scheme.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("{at}.auth.scheme"),
                 "must be a single word such as Bearer, or \"\" for the bare token",
             ));
@@ -227,19 +227,13 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
 pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<String, Error> {
     if url.chars().any(char::is_control) {
         return Err(Error::invalid(
-            "invalid_url",
+            ErrorCode::InvalidUrl,
             field,
             "must not contain control characters (line breaks, tabs, NUL); percent-encode them",
         ));
     }
-    let parsed = check_destination(policy, url).map_err(|e| {
-        let code = if matches!(e, crate::egress::DestinationError::BlockedAddress(_)) {
-            "blocked_destination"
-        } else {
-            "invalid_url"
-        };
-        Error::invalid(code, field, e.to_string())
-    })?;
+    let parsed = check_destination(policy, url)
+        .map_err(|e| Error::invalid(e.code(), field, e.to_string()))?;
     // The WHATWG parser reads `https:///x` as host `x` and `http:host` as
     // `http://host`; a URL that does not spell its host is a typo.
     let after_scheme = url.trim().split_once(':').map_or("", |(_, rest)| rest);
@@ -248,7 +242,7 @@ pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<Stri
         .is_some_and(|authority| !authority.starts_with(['/', '\\']) && !authority.is_empty());
     if !spelled {
         return Err(Error::invalid(
-            "invalid_url",
+            ErrorCode::InvalidUrl,
             field,
             "url must be absolute with a host, e.g. https://example.com/callback",
         ));
@@ -268,35 +262,35 @@ pub fn headers(
         let lower = name.to_ascii_lowercase();
         if !seen.insert(lower.clone()) {
             return Err(Error::invalid(
-                "invalid_header",
+                ErrorCode::InvalidHeader,
                 field,
                 "is given twice (header names are case-insensitive); give it once",
             ));
         }
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(Error::invalid(
-                "invalid_header",
+                ErrorCode::InvalidHeader,
                 field,
                 "is not a valid HTTP header name",
             ));
         }
         if RESERVED_HEADERS.contains(&lower.as_str()) {
             return Err(Error::invalid(
-                "reserved_header",
+                ErrorCode::ReservedHeader,
                 field,
                 "is set by Postback and may not be given; remove it",
             ));
         }
         if has_auth && lower == "authorization" {
             return Err(Error::invalid(
-                "reserved_header",
+                ErrorCode::ReservedHeader,
                 field,
                 "conflicts with \"auth\", which sets Authorization; give one or the other",
             ));
         }
         if HeaderValue::from_str(value).is_err() {
             return Err(Error::invalid(
-                "invalid_header",
+                ErrorCode::InvalidHeader,
                 field,
                 "value must be visible ASCII without line breaks",
             ));
@@ -318,7 +312,7 @@ pub fn new_delivery(
         .count();
     if given != 1 {
         return Err(Error::invalid(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "body",
             "give exactly one of body, bodyBase64 or json",
         ));
@@ -330,7 +324,11 @@ pub fn new_delivery(
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|e| {
-                Error::invalid("invalid_body", "bodyBase64", format!("is not base64: {e}"))
+                Error::invalid(
+                    ErrorCode::InvalidBody,
+                    "bodyBase64",
+                    format!("is not base64: {e}"),
+                )
             })?;
         (bytes, "application/octet-stream")
     } else {
@@ -340,7 +338,7 @@ pub fn new_delivery(
     let content_type = match &d.content_type {
         Some(ct) if HeaderValue::from_str(ct).is_err() || ct.is_empty() => {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "contentType",
                 "must be a media type such as application/json",
             ))
@@ -357,21 +355,21 @@ pub fn job_result(result: &JobResult) -> Result<(), Error> {
     match result.status {
         ResultStatus::Finished if result.error.is_some() => {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "error",
                 "only a failed result carries an error; remove it or set \"status\": \"failed\"",
             ))
         }
         ResultStatus::Failed if result.error.is_none() => {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "error",
                 "a failed result needs {\"code\", \"message\"} saying why",
             ))
         }
         ResultStatus::Failed if result.result.is_some() || !result.streams.is_empty() => {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 if result.result.is_some() {
                     "result"
                 } else {
@@ -385,7 +383,7 @@ pub fn job_result(result: &JobResult) -> Result<(), Error> {
     for (i, s) in result.streams.iter().enumerate() {
         if s.stream_name != "original" && s.stream_name != "redacted-audio" {
             return Err(Error::invalid(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("streams[{i}].streamName"),
                 "must be original or redacted-audio",
             ));
@@ -400,7 +398,7 @@ pub fn job_result(result: &JobResult) -> Result<(), Error> {
         for (i, w) in words.iter().enumerate() {
             if w.e < w.s {
                 return Err(Error::invalid(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("result.transcript.words[{i}].e"),
                     format!(
                         "ends ({} ms) before it starts ({} ms); word times are milliseconds with e >= s",
@@ -411,7 +409,7 @@ pub fn job_result(result: &JobResult) -> Result<(), Error> {
         }
     }
     let value = serde_json::to_value(result)
-        .map_err(|e| Error::invalid("invalid_field", "body", e.to_string()))?;
+        .map_err(|e| Error::invalid(ErrorCode::InvalidField, "body", e.to_string()))?;
     storable_json(&value, "")
 }
 
@@ -448,7 +446,7 @@ pub fn storable_json(value: &Value, at: &str) -> Result<(), Error> {
     let mut path = at.to_owned();
     if find(value, &mut path) {
         return Err(Error::invalid(
-            "invalid_field",
+            ErrorCode::InvalidField,
             if path.is_empty() {
                 "body".to_owned()
             } else {
@@ -494,7 +492,7 @@ mod tests {
             matches!(
                 err,
                 Error::Validation {
-                    code: "invalid_json",
+                    code: ErrorCode::InvalidJson,
                     ..
                 }
             ),
@@ -516,7 +514,7 @@ mod tests {
                 matches!(
                     err,
                     Error::Validation {
-                        code: "invalid_url",
+                        code: ErrorCode::InvalidUrl,
                         ..
                     }
                 ),

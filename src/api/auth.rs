@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::error::ErrorCode;
 
 /// Refuses requests without the configured bearer token.
 pub async fn require_token(
@@ -33,7 +34,7 @@ pub async fn require_token(
     }
     let mut response = ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "send Authorization: Bearer <POSTBACK_API_TOKEN>",
     )
     .into_response();

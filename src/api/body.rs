@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
+use crate::error::ErrorCode;
 use crate::validate::{parse_json, JsonObjects};
 
 /// A JSON body of type `T` (an empty body is refused unless `T` is `Option`).
@@ -26,11 +27,11 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     status,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     "the request body is larger than POSTBACK_MAX_BODY allows; send less or raise the limit",
                 )
             } else {
-                ApiError::new(status, "invalid_body", rejection.body_text())
+                ApiError::new(status, ErrorCode::InvalidBody, rejection.body_text())
             }
         })?;
         Ok(RawBody(bytes))
@@ -45,7 +46,7 @@ impl<S: Send + Sync, T: DeserializeOwned + JsonObjects> FromRequest<S> for JsonB
         if bytes.is_empty() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 "the request body is empty; send a JSON object",
             ));
         }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::body::JsonBody;
 use super::{ApiError, AppState, ErrorBody};
+use crate::error::ErrorCode;
 use crate::model::{DeliveryAccepted, DeliveryView, NewDelivery};
 
 /// The `{deliveryId}` of the path; anything but a UUID names no delivery.
@@ -16,7 +17,7 @@ fn delivery_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiErr
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "delivery_not_found",
+            ErrorCode::DeliveryNotFound,
             "no delivery has this id (delivery ids are UUIDs, as in the webhook-id header)",
         )
     };

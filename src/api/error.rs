@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// Every error answer: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -19,8 +19,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code for scripts, e.g. `job_not_found`.
-    #[schema(example = "invalid_url")]
-    pub code: String,
+    pub code: ErrorCode,
     /// A human sentence saying what to fix.
     #[schema(example = "publish.callbacks[0].url: url must use http or https, got ftp")]
     pub message: String,
@@ -30,16 +29,16 @@ pub struct ErrorDetail {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: String,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
     /// An answer with `status`, `code` and a human `message`.
-    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -47,26 +46,22 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        let code = err.code();
         match &err {
-            Error::Validation { code, .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, *code, err.to_string())
+            Error::Validation { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, code, err.to_string())
             }
-            Error::NotFound { what, .. } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("{what}_not_found"),
-                err.to_string(),
-            ),
-            Error::Expired { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, "job_expired", err.to_string())
+            Error::NotFound { .. } | Error::Expired { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, code, err.to_string())
             }
-            Error::Conflict { code, message } => {
-                ApiError::new(StatusCode::CONFLICT, *code, message.clone())
+            Error::Conflict { message, .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, message.clone())
             }
             Error::Unavailable(e) => {
                 tracing::warn!(err = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
+                    code,
                     "the database is not reachable right now; nothing was stored, retry shortly",
                 )
             }
@@ -74,7 +69,7 @@ impl From<Error> for ApiError {
                 tracing::error!(err = %e, "database error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    code,
                     "an internal error occurred; nothing was stored",
                 )
             }

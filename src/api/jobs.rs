@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::body::{JsonBody, RawBody};
 use super::{ApiError, AppState, ErrorBody};
+use crate::error::ErrorCode;
 use crate::intake::Created;
 use crate::model::{CallbackSpec, JobResult, JobView, NewJob};
 use crate::validate::{self, parse_json};
@@ -25,7 +26,7 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
     path.map(|Path(id)| id).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "job_not_found",
+            ErrorCode::JobNotFound,
             "no job has this id (job ids are visible ASCII characters)",
         )
     })
@@ -68,7 +69,7 @@ pub async fn create(
     let Query(query) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("{}; the only query parameter is webhook=URL", e.body_text()),
         )
     })?;

@@ -12,6 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{deliveries, jobs, ops, ErrorBody, ErrorDetail};
+use crate::error::ErrorCode;
 use crate::model;
 
 /// The API description.
@@ -66,6 +67,7 @@ use crate::model;
         model::EgressView,
         ErrorBody,
         ErrorDetail,
+        ErrorCode,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
@@ -119,4 +121,37 @@ pub fn openapi_json() -> String {
 )]
 pub async fn document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn the_error_code_property_is_an_enum_of_exactly_every_error_code() {
+        let doc: Value = serde_json::from_str(&openapi_json()).expect("the document is JSON");
+        let schemas = &doc["components"]["schemas"];
+        let mut code = &schemas["ErrorDetail"]["properties"]["code"];
+        if let Some(pointer) = code["$ref"].as_str() {
+            code = doc
+                .pointer(pointer.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling {pointer}"));
+        }
+        assert_eq!(code["type"], "string", "{code}");
+        let listed: Vec<&str> = code["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("code is not an enum: {code}"))
+            .iter()
+            .map(|v| v.as_str().expect("string member"))
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all);
+        assert!(
+            schemas["ErrorDetail"]["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&"code".into())),
+            "code is required"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::{ApiError, AppState, ErrorBody};
+use crate::error::ErrorCode;
 use crate::model::EgressView;
 
 /// `{"status"}` of the health routes.
@@ -53,7 +54,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
+            ErrorCode::DatabaseUnavailable,
             "the database is not reachable",
         )
         .into_response()
@@ -84,7 +85,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .into_response(),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
-            "metrics_disabled",
+            ErrorCode::MetricsDisabled,
             "another metrics recorder is installed in this process",
         )
         .into_response(),
@@ -114,7 +115,7 @@ pub async fn egress(State(state): State<AppState>) -> Response {
 pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         "no such route; GET /openapi.json lists the API",
     )
 }
@@ -123,7 +124,7 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method; GET /openapi.json lists the API",
     )
 }

@@ -23,7 +23,7 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Schema holding Postback's tables.
-    #[arg(long, env = "POSTBACK_DB_SCHEMA", default_value = "postback")]
+    #[arg(long, env = "POSTBACK_DB_SCHEMA", default_value = crate::config::defaults::DB_SCHEMA)]
     db_schema: String,
 }
 

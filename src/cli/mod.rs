@@ -184,3 +184,29 @@ pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     });
     token
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_with_no_flags_is_the_default_config() {
+        // Only checks the shape; the environment-free comparison of every
+        // setting is in `config`'s tests.
+        let command = Cli::command().mut_subcommand("serve", |c| c.mut_args(|a| a.env(None)));
+        let matches = command
+            .try_get_matches_from(["postback", "serve"])
+            .expect("serve parses");
+        let cli = Cli::from_arg_matches(&matches).expect("matches");
+        match cli.command {
+            Command::Serve(config) => assert_eq!(*config, Config::default()),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+}

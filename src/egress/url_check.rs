@@ -27,6 +27,7 @@ use std::net::IpAddr;
 use url::{Host, Url};
 
 use super::policy::EgressPolicy;
+use crate::error::ErrorCode;
 
 /// Why a destination URL was refused at intake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,14 +57,16 @@ pub enum DestinationError {
 }
 
 impl DestinationError {
-    /// A stable snake_case code for API error bodies and metrics.
-    pub fn code(&self) -> &'static str {
+    /// The API error code of this refusal: `blocked_destination` for a
+    /// refused address, `invalid_url` for every shape problem (the message
+    /// says which).
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DestinationError::Malformed { .. } => "invalid_url",
-            DestinationError::UnsupportedScheme(_) => "unsupported_scheme",
-            DestinationError::MissingHost => "missing_host",
-            DestinationError::Credentials => "credentials_in_url",
-            DestinationError::BlockedAddress(_) => "blocked_destination",
+            DestinationError::Malformed { .. }
+            | DestinationError::UnsupportedScheme(_)
+            | DestinationError::MissingHost
+            | DestinationError::Credentials => ErrorCode::InvalidUrl,
+            DestinationError::BlockedAddress(_) => ErrorCode::BlockedDestination,
         }
     }
 }
@@ -205,10 +208,10 @@ mod tests {
             check("http://example.com@10.0.0.1/"),
             Err(DestinationError::Credentials)
         ));
-        assert_eq!(DestinationError::MissingHost.code(), "missing_host");
+        assert_eq!(DestinationError::MissingHost.code(), ErrorCode::InvalidUrl);
         assert_eq!(
             DestinationError::BlockedAddress(Ipv4Addr::LOCALHOST.into()).code(),
-            "blocked_destination"
+            ErrorCode::BlockedDestination
         );
         let msg = check("not a url").expect_err("malformed").to_string();
         assert!(msg.contains("https://"), "{msg}");

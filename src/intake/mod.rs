@@ -21,7 +21,7 @@ mod batcher;
 pub use batcher::Batcher;
 
 use crate::egress::EgressPolicy;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     CallbackSpec, CallbackType, JobResult, JobView, MediaStream, NewDelivery, NewJob, ResultStatus,
     StreamName, TranscriptFormat,
@@ -129,7 +129,7 @@ impl Postback {
     {
         validate::new_job(&self.policy, &job)?;
         let request = serde_json::to_value(&job)
-            .map_err(|e| Error::invalid("invalid_field", "body", e.to_string()))?;
+            .map_err(|e| Error::invalid(ErrorCode::InvalidField, "body", e.to_string()))?;
         let id = job
             .job_id
             .clone()
@@ -162,7 +162,7 @@ impl Postback {
             }
             if stored.request != request {
                 return Err(Error::Conflict {
-                    code: "job_exists",
+                    code: ErrorCode::JobExists,
                     message: format!(
                         "job {id} already exists with a different body; use another jobId or repeat the original request"
                     ),
@@ -203,7 +203,7 @@ impl Postback {
         }
         if job.status != JobState::InProgress {
             return Err(Error::Conflict {
-                code: "result_exists",
+                code: ErrorCode::ResultExists,
                 message: format!("job {job_id} already has a result; a job takes one result"),
             });
         }
@@ -360,7 +360,7 @@ impl Postback {
                 Ok(())
             }
             Replayed::InFlight => Err(Error::Conflict {
-                code: "delivery_in_flight",
+                code: ErrorCode::DeliveryInFlight,
                 message: format!(
                     "delivery {id} is being attempted right now; replay it once that attempt ends"
                 ),
@@ -571,7 +571,7 @@ fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> R
     let stream = streams.iter().find(|s| s.stream_name == wanted.as_str());
     let Some(path) = stream.and_then(|s| s.path.clone()) else {
         return Err(Error::invalid(
-            "missing_stream",
+            ErrorCode::MissingStream,
             "streams",
             format!(
                 "publish.callbacks[{callback}] sends the {} stream, but the result has no stream of that name with a path",
@@ -582,7 +582,7 @@ fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> R
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => Ok(path),
         _ => Err(Error::invalid(
-            "missing_stream",
+            ErrorCode::MissingStream,
             "streams",
             format!(
                 "the {} stream's path is not a readable file on the Postback host",
