@@ -59,7 +59,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
         egress_allow: vec!["127.0.0.0/8".parse()?], // the demo receiver is on loopback
         ..postback::Config::default()
     };
-    let postback = Postback::new(&config);
+    let postback = Postback::new(&config)?;
     let secret = postback::signing_secret(&config, &pool, postback.schema()).await?;
     let workers = Dispatcher::new(pool.clone(), &config, secret)?;
     let stop = CancellationToken::new();

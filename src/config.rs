@@ -39,6 +39,8 @@ pub mod defaults {
     pub const CONCURRENCY: &str = "256";
     /// `POSTBACK_PER_HOST_CONCURRENCY`.
     pub const PER_HOST_CONCURRENCY: &str = "16";
+    /// `POSTBACK_PER_CUSTOMER_CONCURRENCY`.
+    pub const PER_CUSTOMER_CONCURRENCY: &str = "64";
     /// `POSTBACK_JOB_TTL`.
     pub const JOB_TTL: &str = "7d";
     /// `POSTBACK_MAX_BODY`.
@@ -103,6 +105,13 @@ pub struct Config {
     )]
     pub signing_secret: Option<String>,
 
+    /// Comma list of base64 32-byte keys: stored secrets are sealed with the first, opened with any.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_SECRETS_KEY", hide_env_values = true)
+    )]
+    pub secrets_key: Option<String>,
+
     /// Immediate retries after a failed first attempt.
     #[cfg_attr(
         feature = "cli",
@@ -136,6 +145,10 @@ pub struct Config {
     /// Attempts in flight per destination host per process.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value = defaults::PER_HOST_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
     pub per_host_concurrency: u32,
+
+    /// Attempts in flight per customer per process.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_CUSTOMER_CONCURRENCY", default_value = defaults::PER_CUSTOMER_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
+    pub per_customer_concurrency: u32,
 
     /// Job and delivery lifetime from creation.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = defaults::JOB_TTL, value_parser = parse_positive_duration))]
@@ -209,6 +222,7 @@ impl Default for Config {
             api_token: None,
             insecure_no_auth: parse("INSECURE_NO_AUTH", defaults::INSECURE_NO_AUTH, parse_flag),
             signing_secret: None,
+            secrets_key: None,
             retry_immediate: parse("RETRY_IMMEDIATE", defaults::RETRY_IMMEDIATE, from_str),
             retry_first_delay: parse(
                 "RETRY_FIRST_DELAY",
@@ -226,6 +240,11 @@ impl Default for Config {
             per_host_concurrency: parse(
                 "PER_HOST_CONCURRENCY",
                 defaults::PER_HOST_CONCURRENCY,
+                from_str,
+            ),
+            per_customer_concurrency: parse(
+                "PER_CUSTOMER_CONCURRENCY",
+                defaults::PER_CUSTOMER_CONCURRENCY,
                 from_str,
             ),
             job_ttl: parse("JOB_TTL", defaults::JOB_TTL, parse_positive_duration),
@@ -325,11 +344,35 @@ impl Config {
                 reason: format!("{e}; expected whsec_ followed by base64"),
             })?;
         }
+        if self.per_customer_concurrency == 0 {
+            return Err(ConfigError {
+                setting: "POSTBACK_PER_CUSTOMER_CONCURRENCY",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        self.keyring()?;
         parse_schema(&self.db_schema).map_err(|reason| ConfigError {
             setting: "POSTBACK_DB_SCHEMA",
             reason,
         })?;
         Ok(())
+    }
+
+    /// The keys of `POSTBACK_SECRETS_KEY` (none: stored secrets stay clear).
+    pub fn keyring(&self) -> Result<crate::sealing::Keyring, ConfigError> {
+        match &self.secrets_key {
+            // An empty list is no key (SPEC §1: empty list values are lists).
+            None => Ok(crate::sealing::Keyring::clear()),
+            Some(list) if list.split(',').all(|k| k.trim().is_empty()) => {
+                Ok(crate::sealing::Keyring::clear())
+            }
+            Some(list) => crate::sealing::Keyring::parse(list).map_err(|e| ConfigError {
+                setting: "POSTBACK_SECRETS_KEY",
+                reason: format!(
+                    "{e}; give a comma list of base64 32-byte keys (e.g. `openssl rand -base64 32`)"
+                ),
+            }),
+        }
     }
 
     /// The API refuses to start unauthenticated unless told so explicitly.

@@ -19,6 +19,7 @@
 //! | leaf | [`schedule`] | the retry schedule, one pure function |
 //! | leaf | [`signing`] | Standard Webhooks signatures and callback JWTs |
 //! | leaf | [`egress`] | outbound identity and the SSRF guard (names refusals with [`ErrorCode`]) |
+//! | leaf | [`sealing`] | secrets at rest: AEAD sealing with `POSTBACK_SECRETS_KEY` |
 //! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
 //! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
 //! | data | [`config`] | every setting, from flags/env or code |
@@ -57,6 +58,7 @@ pub mod queue;
 pub mod render;
 pub mod runtime;
 pub mod schedule;
+pub mod sealing;
 pub mod signing;
 pub mod state;
 pub mod store;

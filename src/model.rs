@@ -214,6 +214,10 @@ pub struct NewJob {
     /// Any JSON, returned in analytics callbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// The customer the job is for: its callbacks are signed with that
+    /// customer's secret (SPEC §2 "Customers").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
     /// Callback configuration.
     #[serde(default)]
     pub publish: Publish,
@@ -382,6 +386,9 @@ pub struct CallbackStatus {
 pub struct JobView {
     /// The job id.
     pub job_id: String,
+    /// The customer it is for, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub customer_id: Option<String>,
     /// When the job was registered.
     #[serde(with = "time::serde::rfc3339")]
     pub creation_time: time::OffsetDateTime,
@@ -431,6 +438,9 @@ pub struct AttemptView {
 pub struct DeliveryView {
     /// The delivery id (`webhook-id`).
     pub delivery_id: uuid::Uuid,
+    /// The customer it is for, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub customer_id: Option<String>,
     /// The job it belongs to, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub job_id: Option<String>,
@@ -492,6 +502,9 @@ pub struct NewDelivery {
     /// for `bodyBase64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The customer it is for: signed with that customer's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
     /// Body as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -685,4 +698,77 @@ impl Word {
             w: w.into(),
         }
     }
+}
+
+/// Body of `PUT /v1/customers/{customerId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomerRequest {
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Any JSON the operator keeps with the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// `whsec_` + base64 of at least 24 bytes; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+}
+
+/// One live signing secret of a customer, never with its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretInfo {
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// When it stops signing; null for the current secret.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+/// A customer as the API answers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerView {
+    /// The customer id.
+    pub customer_id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Operator's metadata.
+    pub metadata: Option<Value>,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// The signing secret, only in the answer that created it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signing_secret: Option<String>,
+    /// The live secrets, newest first (on `GET` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secrets: Option<Vec<SecretInfo>>,
+}
+
+/// Body of `POST /v1/customers/{customerId}/rotate-secret`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the replaced secret keeps signing (0 to 7 days; default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<String>,
+    /// The new secret; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
+}
+
+/// Answer of a rotation: the new secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecret {
+    /// The secret that signs from now on.
+    pub signing_secret: String,
 }

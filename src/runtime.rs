@@ -52,6 +52,15 @@ pub enum StartError {
     Egress(#[from] crate::egress::EgressError),
 }
 
+impl From<crate::delivery::DispatcherError> for StartError {
+    fn from(err: crate::delivery::DispatcherError) -> Self {
+        match err {
+            crate::delivery::DispatcherError::Egress(e) => StartError::Egress(e),
+            crate::delivery::DispatcherError::Config(e) => StartError::Config(e),
+        }
+    }
+}
+
 impl StartError {
     /// True when the operator must fix a setting or install something
     /// (exit 2) rather than a runtime failure (exit 1).
@@ -214,7 +223,7 @@ impl Process {
         if let Some(listener) = self.api.take() {
             let state = crate::api::AppState {
                 pool: self.pool.clone(),
-                postback: crate::intake::Postback::new(&self.config).with_deferred_notify(),
+                postback: crate::intake::Postback::new(&self.config)?.with_deferred_notify(),
                 notifier: crate::queue::Notifier::new(self.pool.clone()),
                 handoff,
                 batcher: crate::intake::Batcher::start(

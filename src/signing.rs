@@ -109,6 +109,11 @@ impl SigningSecret {
         Ok(Self { key })
     }
 
+    /// Length of the decoded key in bytes.
+    pub fn key_len(&self) -> usize {
+        self.key.len()
+    }
+
     /// A fresh random secret from the operating system's CSPRNG.
     pub fn generate() -> Self {
         let mut key = vec![0u8; GENERATED_SECRET_LEN];
@@ -169,6 +174,47 @@ impl Signer {
     fn finish_raw(self) -> Vec<u8> {
         self.mac.finalize().into_bytes().to_vec()
     }
+}
+
+/// Signs one body with several secrets at once (a rotation's grace
+/// period): the header carries one `v1,` entry per secret, in the order
+/// given (newest first), separated by a space, as Standard Webhooks
+/// receivers expect.
+pub struct MultiSigner {
+    signers: Vec<Signer>,
+}
+
+impl MultiSigner {
+    /// Starts one signature per secret of `secrets`.
+    pub fn new(secrets: &[SigningSecret], msg_id: &str, timestamp: i64) -> Self {
+        Self {
+            signers: secrets
+                .iter()
+                .map(|s| Signer::new(s, msg_id, timestamp))
+                .collect(),
+        }
+    }
+
+    /// Feeds the next piece of the body to every signature.
+    pub fn update(&mut self, chunk: &[u8]) {
+        for signer in &mut self.signers {
+            signer.update(chunk);
+        }
+    }
+
+    /// The header value: the entries joined by spaces.
+    pub fn finish(self) -> String {
+        let entries: Vec<String> = self.signers.into_iter().map(Signer::finish).collect();
+        entries.join(" ")
+    }
+}
+
+/// The `webhook-signature` value of `body` under every secret of
+/// `secrets`, newest first.
+pub fn sign_all(secrets: &[SigningSecret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut signer = MultiSigner::new(secrets, msg_id, timestamp);
+    signer.update(body);
+    signer.finish()
 }
 
 /// The `webhook-signature` value for a body held in memory.

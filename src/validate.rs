@@ -152,6 +152,72 @@ pub fn job_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// Longest customer id (SPEC §2).
+pub const MAX_CUSTOMER_ID: usize = 128;
+/// Longest grace period of a rotated-out secret (SPEC §2: 0 to 7 days).
+pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Grace period when a rotation names none.
+pub const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Shortest key of a given signing secret (SPEC §1: at least 24 bytes).
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// A customer id: 1–128 of `[A-Za-z0-9._:-]`.
+pub fn customer_id(id: &str, field: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CUSTOMER_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            ErrorCode::InvalidCustomerId,
+            field,
+            format!("must be 1 to {MAX_CUSTOMER_ID} characters of A-Z a-z 0-9 . _ : -"),
+        ))
+    }
+}
+
+/// A signing secret a caller gives: `whsec_` + base64 of at least 24 bytes.
+pub fn signing_secret(text: &str, field: &str) -> Result<crate::signing::SigningSecret, Error> {
+    let refused = || {
+        Error::invalid(
+            ErrorCode::InvalidField,
+            field,
+            format!("must be whsec_ followed by the base64 of at least {MIN_SECRET_BYTES} bytes"),
+        )
+    };
+    if !text.trim().starts_with(crate::signing::SECRET_PREFIX) {
+        return Err(refused());
+    }
+    let secret = crate::signing::SigningSecret::parse(text).map_err(|_| refused())?;
+    if secret.key_len() < MIN_SECRET_BYTES {
+        return Err(refused());
+    }
+    Ok(secret)
+}
+
+/// A grace period: a humantime duration from 0 to 7 days (24 h when absent).
+pub fn grace_period(text: Option<&str>, field: &str) -> Result<std::time::Duration, Error> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_GRACE);
+    };
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d <= MAX_GRACE => Ok(d),
+        Ok(_) => Err(Error::invalid(
+            ErrorCode::InvalidField,
+            field,
+            "must be at most 7 days (7d); the replaced secret stops signing when it ends",
+        )),
+        Err(e) => Err(Error::invalid(
+            ErrorCode::InvalidField,
+            field,
+            format!("{e}; use a duration such as 0s, 1h or 24h"),
+        )),
+    }
+}
+
 /// Checks a job registration.
 pub fn new_job(policy: &EgressPolicy, job: &NewJob) -> Result<(), Error> {
     if let Some(id) = &job.job_id {

@@ -25,6 +25,9 @@ pub struct DbArgs {
     /// Schema holding Postback's tables.
     #[arg(long, env = "POSTBACK_DB_SCHEMA", default_value = crate::config::defaults::DB_SCHEMA)]
     db_schema: String,
+    /// Keys that seal stored secrets (the same list `serve` uses).
+    #[arg(long, env = "POSTBACK_SECRETS_KEY", hide_env_values = true)]
+    secrets_key: Option<String>,
 }
 
 impl DbArgs {
@@ -130,11 +133,15 @@ fn parse_id(id: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(id).map_err(|_| Failure::usage(anyhow!("{id:?} is not a delivery id (a UUID)")))
 }
 
-fn library(db: &DbArgs) -> Postback {
+/// The library on the admin command's settings; a bad secrets key is
+/// exit 2 naming it.
+pub fn library(db: &DbArgs) -> Result<Postback, Failure> {
     Postback::new(&Config {
         db_schema: db.db_schema.clone(),
+        secrets_key: db.secrets_key.clone(),
         ..Config::default()
     })
+    .map_err(|e| Failure::usage(anyhow!("{e}")))
 }
 
 /// A `--status` value: one of the delivery states.
@@ -196,7 +203,7 @@ pub async fn deliveries(cmd: DeliveriesCommand) -> Result<(), Failure> {
 async fn show(args: ShowArgs) -> Result<(), Failure> {
     let id = parse_id(&args.id)?;
     let (pool, _) = args.db.connect().await?;
-    let view = library(&args.db)
+    let view = library(&args.db)?
         .delivery(&pool, id)
         .await
         .map_err(Failure::runtime)?;

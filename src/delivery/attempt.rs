@@ -16,7 +16,11 @@ use super::Outcome;
 use crate::egress::{is_blocked, Egress, PreflightError};
 use crate::model::{CallbackAuth, Method};
 use crate::queue::Claimed;
-use crate::signing::{self, Signer, SigningSecret};
+use crate::sealing::Keyring;
+use crate::signing::{self, MultiSigner, SigningSecret};
+use std::sync::Arc;
+
+use super::secrets::Secrets;
 
 /// How much of a response is kept.
 pub const SNIPPET_BYTES: usize = 1024;
@@ -41,17 +45,26 @@ pub struct AttemptReport {
 #[derive(Debug)]
 pub struct Sender {
     egress: Egress,
-    secret: SigningSecret,
+    secrets: Arc<Secrets>,
+    keys: Arc<Keyring>,
     timeout: Duration,
     user_agent: HeaderValue,
 }
 
 impl Sender {
-    /// A sender signing with `secret`, bounding every attempt by `timeout`.
-    pub fn new(egress: Egress, secret: SigningSecret, timeout: Duration) -> Self {
+    /// A sender signing with each delivery's customer's `secrets`, opening
+    /// stored header values and auth secrets with `keys`, bounding every
+    /// attempt by `timeout`.
+    pub fn new(
+        egress: Egress,
+        secrets: Arc<Secrets>,
+        keys: Arc<Keyring>,
+        timeout: Duration,
+    ) -> Self {
         Sender {
             egress,
-            secret,
+            secrets,
+            keys,
             timeout,
             user_agent: HeaderValue::from_static(concat!("postback/", env!("CARGO_PKG_VERSION"))),
         }
@@ -101,6 +114,11 @@ impl Sender {
         })?;
         let timestamp = started_at.unix_timestamp();
         let msg_id = d.id.to_string();
+        let secrets = self
+            .secrets
+            .for_customer(d.customer_id.as_deref())
+            .await
+            .map_err(|e| Failure::other(e.to_string()))?;
         let mut headers = self.headers(d, &msg_id, timestamp)?;
         let method = match d.method {
             Method::Put => reqwest::Method::PUT,
@@ -113,12 +131,12 @@ impl Sender {
             .timeout(self.timeout);
         let request = match (&d.body, &d.file_path) {
             (Some(body), _) => {
-                let signature = signing::sign(&self.secret, &msg_id, timestamp, body);
+                let signature = signing::sign_all(&secrets, &msg_id, timestamp, body);
                 insert(&mut headers, "webhook-signature", &signature)?;
                 request.headers(headers).body(body.0.clone())
             }
             (None, Some(path)) => {
-                let (signature, len) = sign_file(&self.secret, &msg_id, timestamp, path).await?;
+                let (signature, len) = sign_file(&secrets, &msg_id, timestamp, path).await?;
                 insert(&mut headers, "webhook-signature", &signature)?;
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                 let file = tokio::fs::File::open(path)
@@ -130,7 +148,7 @@ impl Sender {
                     .body(reqwest::Body::wrap_stream(stream))
             }
             (None, None) => {
-                let signature = signing::sign(&self.secret, &msg_id, timestamp, b"");
+                let signature = signing::sign_all(&secrets, &msg_id, timestamp, b"");
                 insert(&mut headers, "webhook-signature", &signature)?;
                 request.headers(headers)
             }
@@ -145,9 +163,16 @@ impl Sender {
         let mut headers = HeaderMap::new();
         if let Some(map) = d.headers.as_object() {
             for (name, value) in map {
-                let (Ok(name), Some(Ok(value))) = (
+                let Some(stored) = value.as_str() else {
+                    continue; // validated at intake; never reached
+                };
+                let value = self
+                    .keys
+                    .open(stored)
+                    .map_err(|e| Failure::other(format!("stored header {name}: {e}")))?;
+                let (Ok(name), Ok(value)) = (
                     HeaderName::from_bytes(name.as_bytes()),
-                    value.as_str().map(HeaderValue::from_str),
+                    HeaderValue::from_str(&value),
                 ) else {
                     continue; // validated at intake; never reached
                 };
@@ -165,6 +190,10 @@ impl Sender {
                 .map_err(|e| Failure::other(format!("stored auth unreadable: {e}")))?;
             match auth {
                 CallbackAuth::Jwt { secret, scheme } => {
+                    let secret = self
+                        .keys
+                        .open(&secret)
+                        .map_err(|e| Failure::other(format!("stored auth secret: {e}")))?;
                     let job = d.job_id.as_deref().unwrap_or_default();
                     let token =
                         signing::callback_jwt(&secret, job, msg_id, timestamp).map_err(|e| {
@@ -265,7 +294,7 @@ pub fn snippet_text(bytes: &[u8]) -> String {
 
 /// Signs a file's bytes without holding them: one streaming pass.
 async fn sign_file(
-    secret: &SigningSecret,
+    secrets: &[SigningSecret],
     msg_id: &str,
     timestamp: i64,
     path: &str,
@@ -273,7 +302,7 @@ async fn sign_file(
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
-    let mut signer = Signer::new(secret, msg_id, timestamp);
+    let mut signer = MultiSigner::new(secrets, msg_id, timestamp);
     let mut buf = vec![0u8; FILE_CHUNK];
     let mut len = 0u64;
     loop {

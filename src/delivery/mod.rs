@@ -16,6 +16,7 @@
 
 mod attempt;
 mod completer;
+mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 
 pub use crate::state::Outcome;
 pub use attempt::{AttemptReport, Sender};
+pub use secrets::{NoSecret, Secrets};
 
 use crate::config::Config;
 use crate::egress::Egress;
@@ -51,10 +53,22 @@ const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Pause when due work exists but other workers' claims hold it.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
+/// Why a dispatcher cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// The egress settings (source address, proxy) cannot be used.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    /// A setting is refused (e.g. `POSTBACK_SECRETS_KEY`).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
 /// The workers of one process.
 #[derive(Debug)]
 pub struct Dispatcher {
     pool: PgPool,
+    secrets: Arc<Secrets>,
     schema: Schema,
     engine: Engine,
     lease: Duration,
@@ -106,12 +120,13 @@ enum Turn {
 }
 
 impl Dispatcher {
-    /// Workers for `config` on `pool`, signing with `secret`.
+    /// Workers for `config` on `pool`, signing deliveries without a
+    /// customer with `secret` (customers' deliveries with their own).
     pub fn new(
         pool: PgPool,
         config: &Config,
         secret: SigningSecret,
-    ) -> Result<Self, crate::egress::EgressError> {
+    ) -> Result<Self, DispatcherError> {
         let settings = crate::egress::EgressSettings {
             source_addr: config.egress_source_addr,
             proxy: config.egress_proxy.clone(),
@@ -126,17 +141,27 @@ impl Dispatcher {
         let capacity = Capacity::new(
             config.concurrency,
             config.per_host_concurrency as usize,
+            config.per_customer_concurrency as usize,
             waker.clone(),
         );
         // Long enough that a live worker always completes first: the
         // attempt itself is bounded by the timeout, the rest is slack.
         let lease = config.attempt_timeout * 2 + Duration::from_secs(30);
         let (handoff, handed_off) = handoff::channel(capacity.clone(), lease);
+        let schema = Schema::new(config.db_schema.clone());
+        let keys = Arc::new(config.keyring()?);
+        let secrets = Arc::new(Secrets::new(
+            pool.clone(),
+            schema.clone(),
+            keys.clone(),
+            secret,
+        ));
         Ok(Dispatcher {
             pool,
-            schema: Schema::new(config.db_schema.clone()),
+            secrets: secrets.clone(),
+            schema,
             engine: Engine {
-                sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
+                sender: Arc::new(Sender::new(egress, secrets, keys, config.attempt_timeout)),
                 retry: config.retry_policy(),
                 capacity,
                 done,
@@ -167,6 +192,7 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Dispatcher {
             pool,
+            secrets,
             schema,
             engine,
             lease,
@@ -186,6 +212,7 @@ impl Dispatcher {
             helpers.clone(),
         ));
         let listener = tokio::spawn(wake::listen(pool.clone(), waker.clone(), helpers.clone()));
+        let follower = tokio::spawn(secrets.follow_changes(helpers.clone()));
         let consumer = tokio::spawn(take_handoffs(handed_off, engine.clone()));
         let mut claims = ClaimLoop {
             pool,
@@ -206,6 +233,7 @@ impl Dispatcher {
         helpers.cancel();
         let _ = completer.await;
         let _ = listener.await;
+        let _ = follower.await;
         Ok(())
     }
 }
@@ -260,9 +288,8 @@ impl ClaimLoop {
                 _ = self.engine.capacity.wait_free() => Turn::Again,
             };
         }
-        let hosts = self.engine.capacity.hosts();
-        let room = hosts.room();
-        let full_before = room.full().len();
+        let room = self.engine.capacity.claim_room();
+        let full_before = self.engine.capacity.full_count();
         let claimed = match self.claim(free, &room).await {
             Ok(claimed) => claimed,
             Err(err) => return self.after_failed_claim(err, shutdown).await,
@@ -281,7 +308,7 @@ impl ClaimLoop {
         self.start_all(claimed).await;
         // ...unless a host filled up during this claim (its backlog may have
         // hidden other hosts' due rows: claim again at once).
-        let filled_up = got_any && self.engine.capacity.hosts().full_hosts().len() > full_before;
+        let filled_up = got_any && self.engine.capacity.full_count() > full_before;
         if drained && !filled_up {
             Turn::Idle
         } else {
@@ -289,7 +316,7 @@ impl ClaimLoop {
         }
     }
 
-    async fn claim(&mut self, free: usize, room: &claim::HostRoom) -> Result<Vec<Claimed>> {
+    async fn claim(&mut self, free: usize, room: &claim::ClaimRoom) -> Result<Vec<Claimed>> {
         let claimed = claim::claim(
             &self.pool,
             &self.schema,
@@ -324,7 +351,11 @@ impl ClaimLoop {
     async fn start_all(&self, claimed: Vec<Claimed>) {
         let mut deferred = Vec::new();
         for d in claimed {
-            match self.engine.capacity.try_take(&d.host) {
+            match self
+                .engine
+                .capacity
+                .try_take(&d.host, d.customer_id.as_deref())
+            {
                 Some(room) => self.engine.start(d, room),
                 None => deferred.push((d.id, d.lease)),
             }
@@ -346,7 +377,7 @@ impl ClaimLoop {
 
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
-        let full = self.engine.capacity.hosts().full_hosts();
+        let full = self.engine.capacity.full_hosts();
         let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
             Ok(Some(at)) => Duration::try_from(at - OffsetDateTime::now_utc())
                 .unwrap_or(Duration::ZERO)

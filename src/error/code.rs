@@ -62,6 +62,10 @@ error_codes! {
     InvalidQuery = "invalid_query",
     /// A media callback's stream is not in the result (or not readable).
     MissingStream = "missing_stream",
+    /// A `customerId` names no customer (or one being deleted).
+    UnknownCustomer = "unknown_customer",
+    /// A customer id is not 1–128 of `[A-Za-z0-9._:-]`.
+    InvalidCustomerId = "invalid_customer_id",
     /// The `jobId` exists with a different body.
     JobExists = "job_exists",
     /// The job already has a result.
@@ -72,6 +76,8 @@ error_codes! {
     JobNotFound = "job_not_found",
     /// No delivery has this id.
     DeliveryNotFound = "delivery_not_found",
+    /// No such customer.
+    CustomerNotFound = "customer_not_found",
     /// The job is past its expiration time.
     JobExpired = "job_expired",
     /// No such route.

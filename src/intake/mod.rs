@@ -15,8 +15,10 @@ use sqlx::{Acquire, Postgres};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 mod batcher;
+mod customers;
+mod sealed;
 
 pub use batcher::Batcher;
 
@@ -28,6 +30,7 @@ use crate::model::{
 };
 use crate::queue::{Handoff, Reservation};
 use crate::render;
+use crate::sealing::Keyring;
 use crate::state::{DeliveryKind, DeliveryState, JobState, JobStatus};
 use crate::store::{self, deliveries::Replayed, jobs::JobRow, Schema};
 use crate::validate;
@@ -39,6 +42,7 @@ pub use crate::queue::{notify_workers, WAKE_CHANNEL};
 #[derive(Debug, Clone)]
 pub struct Postback {
     schema: Schema,
+    keys: Arc<Keyring>,
     job_ttl: Duration,
     policy: Arc<EgressPolicy>,
     notify: NotifyMode,
@@ -73,17 +77,20 @@ struct StoredCallback {
 }
 
 impl Postback {
-    /// The library handle for `config` (schema, job TTL, egress deny list).
-    pub fn new(config: &Config) -> Self {
-        Postback {
+    /// The library handle for `config` (schema, job TTL, egress deny list,
+    /// the keys stored secrets are sealed with). Refuses a
+    /// `POSTBACK_SECRETS_KEY` that is not a list of base64 32-byte keys.
+    pub fn new(config: &Config) -> std::result::Result<Self, ConfigError> {
+        Ok(Postback {
             schema: Schema::new(config.db_schema.clone()),
+            keys: Arc::new(config.keyring()?),
             job_ttl: config.job_ttl,
             policy: Arc::new(EgressPolicy::new(
                 config.egress_allow.clone(),
                 config.egress_deny.clone(),
             )),
             notify: NotifyMode::InTransaction,
-        }
+        })
     }
 
     /// This handle's calls do not NOTIFY inside their transactions; the
@@ -130,6 +137,10 @@ impl Postback {
         validate::new_job(&self.policy, &job)?;
         let request = serde_json::to_value(&job)
             .map_err(|e| Error::invalid(ErrorCode::InvalidField, "body", e.to_string()))?;
+        let mut conn = db.acquire().await?;
+        if let Some(customer) = &job.customer_id {
+            self.known_customer(&mut conn, customer).await?;
+        }
         let id = job
             .job_id
             .clone()
@@ -140,27 +151,27 @@ impl Postback {
             .iter()
             .map(|spec| StoredCallback {
                 delivery_id: Uuid::now_v7(),
-                spec: spec.clone(),
+                spec: sealed::seal_spec(&self.keys, spec),
             })
             .collect();
         let now = now_millis();
         let row = JobRow {
             id: id.clone(),
-            request: request.clone(),
+            request: self.sealed_request(&job),
             metadata: job.metadata.clone(),
+            customer_id: job.customer_id.clone(),
             callbacks: serde_json::to_value(&callbacks).unwrap_or(Value::Null),
             status: JobState::InProgress,
             result: None,
             created_at: now,
             expires_at: self.expiry(now),
         };
-        let mut conn = db.acquire().await?;
         let (stored, created) = store::jobs::insert(&mut conn, &self.schema, &row).await?;
         if !created {
             if stored.expires_at <= OffsetDateTime::now_utc() {
                 return Err(expired(&stored));
             }
-            if stored.request != request {
+            if self.opened_request(&stored.request)? != request {
                 return Err(Error::Conflict {
                     code: ErrorCode::JobExists,
                     message: format!(
@@ -252,7 +263,7 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let reservation = handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref()));
         let lease = reservation.as_ref().map(Reservation::lease);
         let mut conn = db.acquire().await?;
         // A leased row needs no wake-up: its attempt starts here.
@@ -270,7 +281,7 @@ impl Postback {
         handoff: Option<&Handoff>,
     ) -> Result<(Uuid, bool)> {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let reservation = handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref()));
         let lease = reservation.as_ref().map(Reservation::lease);
         batcher.submit(row.clone(), lease).await?;
         Ok(self.accepted(row, handoff, reservation))
@@ -279,15 +290,19 @@ impl Postback {
     /// A validated generic delivery as it will be stored.
     fn generic_row(&self, delivery: NewDelivery) -> Result<store::deliveries::NewDelivery> {
         let (host, body, content_type) = validate::new_delivery(&self.policy, &delivery)?;
+        if let Some(customer) = &delivery.customer_id {
+            validate::customer_id(customer, "customerId")?;
+        }
         Ok(store::deliveries::NewDelivery {
             id: Uuid::now_v7(),
             job_id: None,
+            customer_id: delivery.customer_id,
             kind: DeliveryKind::Generic,
             method: delivery.method,
             url: delivery.url,
             host,
             content_type,
-            headers: serde_json::to_value(&delivery.headers).unwrap_or_else(|_| json!({})),
+            headers: sealed::headers_json(&self.keys, &delivery.headers),
             auth: None,
             body: Some(body),
             file_path: None,
@@ -399,6 +414,7 @@ impl Postback {
         };
         Ok(JobView {
             job_id: job.id,
+            customer_id: job.customer_id,
             creation_time: job.created_at,
             expiration_time: job.expires_at,
             status: JobStatus::from(job.status),
@@ -513,6 +529,7 @@ fn callback_delivery(
     store::deliveries::NewDelivery {
         id: cb.delivery_id,
         job_id: Some(job.id.clone()),
+        customer_id: job.customer_id.clone(),
         kind: spec.kind.into(),
         method: spec.method,
         url: spec.url.clone(),
@@ -616,6 +633,39 @@ fn public_result(result: &JobResult) -> Value {
 }
 
 impl Postback {
+    /// The creation request as stored: its callbacks' secrets sealed.
+    fn sealed_request(&self, job: &NewJob) -> Value {
+        let mut sealed = job.clone();
+        for spec in &mut sealed.publish.callbacks {
+            *spec = sealed::seal_spec(&self.keys, spec);
+        }
+        serde_json::to_value(&sealed).unwrap_or(Value::Null)
+    }
+
+    /// A stored creation request as it was accepted (secrets opened), to
+    /// compare a repeated `POST /v1/jobs` with.
+    fn opened_request(&self, stored: &Value) -> Result<Value> {
+        let mut job: NewJob = serde_json::from_value(stored.clone())
+            .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
+        for spec in &mut job.publish.callbacks {
+            *spec = sealed::open_spec(&self.keys, spec)?;
+        }
+        serde_json::to_value(&job).map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))
+    }
+
+    /// `customer` exists and is not being erased (else `unknown_customer`).
+    async fn known_customer(&self, conn: &mut sqlx::PgConnection, customer: &str) -> Result<()> {
+        validate::customer_id(customer, "customerId")?;
+        match store::customers::find(&mut *conn, &self.schema, customer).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::invalid(
+                ErrorCode::UnknownCustomer,
+                "customerId",
+                format!("no customer has the id {customer:?}; create it with PUT /v1/customers/{{customerId}} first"),
+            )),
+        }
+    }
+
     /// The error for a job that is not stored: `job_expired` when a purge
     /// left its tombstone, `job_not_found` for ids never seen.
     async fn missing_job(&self, conn: &mut sqlx::PgConnection, id: &str) -> Error {

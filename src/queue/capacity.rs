@@ -1,8 +1,9 @@
 //! What a process may start: a global limit of attempts in flight
 //! (`POSTBACK_CONCURRENCY`), a per-host limit (fairness: one slow or dead
 //! host never holds more than its share, and the claim skips hosts that
-//! are full), and the tracker of every attempt in flight that shutdown
-//! waits for. Both the claim loop and the in-process handoff take their
+//! are full), a per-customer limit (one customer with many slow hosts never
+//! holds more than `POSTBACK_PER_CUSTOMER_CONCURRENCY`), and the tracker of
+//! every attempt in flight that shutdown waits for. Both the claim loop and the in-process handoff take their
 //! room here, so they can never oversubscribe between them.
 //!
 //! It must not start anything: it only counts.
@@ -14,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
-use super::claim::HostRoom;
+use super::claim::{ClaimRoom, KeyRoom};
 use super::wake::Waker;
 
 /// Most semaphore permits tokio allows; `POSTBACK_CONCURRENCY` is checked
@@ -26,24 +27,27 @@ pub const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS;
 pub struct Capacity {
     slots: Arc<Semaphore>,
     hosts: HostSlots,
+    customers: HostSlots,
     in_flight: TaskTracker,
 }
 
-/// Room for one attempt: a global slot and a slot of its host, returned
-/// when dropped.
+/// Room for one attempt: a global slot, a slot of its host and one of its
+/// customer, returned when dropped.
 #[derive(Debug)]
 pub struct Room {
     _permit: OwnedSemaphorePermit,
     _host: HostSlot,
+    _customer: Option<HostSlot>,
 }
 
 impl Capacity {
     /// `concurrency` attempts in flight at most, `per_host` per host;
     /// `waker` is woken whenever a full host gets a slot back.
-    pub fn new(concurrency: usize, per_host: usize, waker: Waker) -> Self {
+    pub fn new(concurrency: usize, per_host: usize, per_customer: usize, waker: Waker) -> Self {
         Capacity {
             slots: Arc::new(Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY))),
-            hosts: HostSlots::waking(per_host, waker),
+            hosts: HostSlots::waking(per_host, waker.clone()),
+            customers: HostSlots::waking(per_customer, waker),
             in_flight: TaskTracker::new(),
         }
     }
@@ -60,19 +64,38 @@ impl Capacity {
         }
     }
 
-    /// Room for an attempt to `host`, if there is some.
-    pub fn try_take(&self, host: &str) -> Option<Room> {
+    /// Room for an attempt to `host` for `customer`, if there is some.
+    pub fn try_take(&self, host: &str, customer: Option<&str>) -> Option<Room> {
+        let customer = match customer {
+            Some(c) => Some(self.customers.try_take(c)?),
+            None => None,
+        };
         let host = self.hosts.try_take(host)?;
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         Some(Room {
             _permit: permit,
             _host: host,
+            _customer: customer,
         })
     }
 
-    /// The per-host counts, for the claim.
-    pub fn hosts(&self) -> &HostSlots {
-        &self.hosts
+    /// What the next claim may take, per host and per customer.
+    pub fn claim_room(&self) -> ClaimRoom {
+        ClaimRoom {
+            hosts: self.hosts.room(),
+            customers: self.customers.room(),
+        }
+    }
+
+    /// How many hosts and customers are full right now (a claim that
+    /// filled one more may have left other keys' due work behind).
+    pub fn full_count(&self) -> usize {
+        self.hosts.full_hosts().len() + self.customers.full_hosts().len()
+    }
+
+    /// The hosts with no room (the idle loop's next-due query skips them).
+    pub fn full_hosts(&self) -> Vec<String> {
+        self.hosts.full_hosts()
     }
 
     /// The tracker of attempts in flight (spawn them on it).
@@ -154,10 +177,10 @@ impl HostSlots {
     }
 
     /// How many more attempts each host may take, for the claim.
-    pub fn room(&self) -> HostRoom {
+    pub fn room(&self) -> KeyRoom {
         let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        HostRoom {
-            per_host: i64::try_from(self.limit).unwrap_or(i64::MAX),
+        KeyRoom {
+            per_key: i64::try_from(self.limit).unwrap_or(i64::MAX),
             busy: map
                 .iter()
                 .map(|(h, n)| {
@@ -209,7 +232,7 @@ mod tests {
         room.sort();
         assert_eq!(room, vec![("a".to_owned(), 0), ("b".to_owned(), 1)]);
         assert_eq!(slots.room().full(), vec!["a".to_owned()]);
-        assert_eq!(slots.room().per_host, 2);
+        assert_eq!(slots.room().per_key, 2);
         drop(a);
         assert!(slots.full_hosts().is_empty());
         assert!(slots.try_take("a").is_some());

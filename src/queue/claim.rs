@@ -27,6 +27,8 @@ pub struct Claimed {
     pub id: Uuid,
     /// Owning job.
     pub job_id: Option<String>,
+    /// The customer it is for (signed with its secrets).
+    pub customer_id: Option<String>,
     /// What it carries.
     pub kind: DeliveryKind,
     /// POST or PUT.
@@ -62,6 +64,7 @@ impl Claimed {
         Claimed {
             id: row.id,
             job_id: row.job_id,
+            customer_id: row.customer_id,
             kind: row.kind,
             method: row.method,
             url: row.url,
@@ -103,17 +106,18 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Body {
     }
 }
 
-/// How many more attempts this process may start per destination host.
+/// How many more attempts this process may start per key (a destination
+/// host, or a customer).
 #[derive(Debug, Clone, Default)]
-pub struct HostRoom {
-    /// Room of a host with nothing in flight (`POSTBACK_PER_HOST_CONCURRENCY`).
-    pub per_host: i64,
-    /// Hosts with attempts in flight, and the room each has left (0: full).
+pub struct KeyRoom {
+    /// Room of a key with nothing in flight (the per-key limit).
+    pub per_key: i64,
+    /// Keys with attempts in flight, and the room each has left (0: full).
     pub busy: Vec<(String, i64)>,
 }
 
-impl HostRoom {
-    /// Hosts with no room left.
+impl KeyRoom {
+    /// Keys with no room left.
     pub fn full(&self) -> Vec<String> {
         self.busy
             .iter()
@@ -121,6 +125,24 @@ impl HostRoom {
             .map(|(h, _)| h.clone())
             .collect()
     }
+
+    fn keys(&self) -> Vec<&str> {
+        self.busy.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    fn rooms(&self) -> Vec<i64> {
+        self.busy.iter().map(|(_, r)| *r).collect()
+    }
+}
+
+/// The room a claim may take: per destination host and per customer.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRoom {
+    /// Per host (`POSTBACK_PER_HOST_CONCURRENCY`).
+    pub hosts: KeyRoom,
+    /// Per customer (`POSTBACK_PER_CUSTOMER_CONCURRENCY`); deliveries
+    /// without a customer are bound by their host alone.
+    pub customers: KeyRoom,
 }
 
 /// Claims up to `limit` due deliveries, oldest due first, skipping rows
@@ -136,12 +158,9 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     limit: i64,
     lease_secs: f64,
-    room: &HostRoom,
+    room: &ClaimRoom,
 ) -> Result<Vec<Claimed>> {
     let lease = Uuid::now_v7();
-    let full = room.full();
-    let busy_hosts: Vec<&str> = room.busy.iter().map(|(h, _)| h.as_str()).collect();
-    let busy_room: Vec<i64> = room.busy.iter().map(|(_, r)| *r).collect();
     let rows = sqlx::query_as::<_, Claimed>(&schema.sql(
         // Candidates are read without locks and trimmed to each host's room
         // first; only the rows actually taken are locked (SKIP LOCKED, with
@@ -149,18 +168,23 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
         // would write a WAL record per row just to throw most of them back
         // when one host's backlog fills the head of the queue.
         "WITH cand AS (
-             SELECT id, host, next_attempt_at FROM postback.deliveries
+             SELECT id, host, customer_id, next_attempt_at FROM postback.deliveries
              WHERE next_attempt_at <= now() AND host <> ALL($4::text[])
+               AND (customer_id IS NULL OR customer_id <> ALL($8::text[]))
              ORDER BY next_attempt_at
              LIMIT $1),
          pick AS (
              SELECT r.id, r.due_at FROM (
                  SELECT c.id, c.next_attempt_at AS due_at,
                         row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id) AS rn,
-                        coalesce(b.room, $5) AS room
+                        coalesce(b.room, $5) AS room,
+                        row_number() OVER (PARTITION BY c.customer_id ORDER BY c.next_attempt_at, c.id) AS crn,
+                        CASE WHEN c.customer_id IS NOT NULL THEN coalesce(cb.room, $9) END AS croom
                  FROM cand c
-                 LEFT JOIN unnest($6::text[], $7::int8[]) AS b(host, room) ON b.host = c.host) r
-             WHERE r.rn <= r.room),
+                 LEFT JOIN unnest($6::text[], $7::int8[]) AS b(host, room) ON b.host = c.host
+                 LEFT JOIN unnest($10::text[], $11::int8[]) AS cb(customer, room)
+                        ON cb.customer = c.customer_id) r
+             WHERE r.rn <= r.room AND (r.croom IS NULL OR r.crn <= r.croom)),
          due AS (
              SELECT d.id, pick.due_at FROM postback.deliveries d JOIN pick ON pick.id = d.id
              WHERE d.next_attempt_at <= now()
@@ -169,7 +193,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              UPDATE postback.deliveries d
              SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
              FROM due WHERE d.id = due.id
-             RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
+             RETURNING d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
          SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
@@ -178,10 +202,14 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     .bind(limit)
     .bind(lease_secs)
     .bind(lease)
-    .bind(&full)
-    .bind(room.per_host)
-    .bind(&busy_hosts)
-    .bind(&busy_room)
+    .bind(room.hosts.full())
+    .bind(room.hosts.per_key)
+    .bind(room.hosts.keys())
+    .bind(room.hosts.rooms())
+    .bind(room.customers.full())
+    .bind(room.customers.per_key)
+    .bind(room.customers.keys())
+    .bind(room.customers.rooms())
     .fetch_all(db)
     .await?;
     Ok(rows)

@@ -79,11 +79,11 @@ pub fn channel(capacity: Capacity, lease: Duration) -> (Handoff, Receiver) {
 }
 
 impl Handoff {
-    /// Room for an attempt to `host` right now, if this process has it and
-    /// is not shutting down.
-    pub fn reserve(&self, host: &str) -> Option<Reservation> {
+    /// Room for an attempt to `host` for `customer` right now, if this
+    /// process has it and is not shutting down.
+    pub fn reserve(&self, host: &str, customer: Option<&str>) -> Option<Reservation> {
         let in_flight = self.capacity.in_flight_token()?;
-        let room = self.capacity.try_take(host)?;
+        let room = self.capacity.try_take(host, customer)?;
         Some(Reservation {
             room,
             in_flight,

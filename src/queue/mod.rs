@@ -20,6 +20,6 @@ pub mod handoff;
 pub mod wake;
 
 pub use capacity::{Capacity, Room};
-pub use claim::{Claimed, Completion, HostRoom};
+pub use claim::{ClaimRoom, Claimed, Completion, KeyRoom};
 pub use handoff::{Handoff, Reservation};
 pub use wake::{notify_workers, Notifier, Waker, WAKE_CHANNEL};

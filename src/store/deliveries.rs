@@ -20,6 +20,8 @@ pub struct NewDelivery {
     pub id: Uuid,
     /// Owning job, if any.
     pub job_id: Option<String>,
+    /// The customer it is for (signs with its secret).
+    pub customer_id: Option<String>,
     /// What it carries.
     pub kind: DeliveryKind,
     /// POST or PUT.
@@ -51,6 +53,11 @@ pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelive
 /// Queues `batch` in ONE statement (deliveries and payloads together, so
 /// the batch is atomic even outside a transaction). `leases[i]`, when
 /// set, stores delivery `i` already claimed by that token for that long.
+///
+/// A delivery for a customer that does not exist (or is being erased) is
+/// not stored; the whole batch is then refused with
+/// [`Error::UnknownCustomer`](crate::error::Error) semantics: the caller
+/// learns which one by storing them one by one.
 pub async fn insert_leased(
     conn: &mut PgConnection,
     schema: &Schema,
@@ -60,6 +67,7 @@ pub async fn insert_leased(
     if batch.is_empty() {
         return Ok(());
     }
+    let customers: Vec<Option<&str>> = batch.iter().map(|d| d.customer_id.as_deref()).collect();
     let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
     let job_ids: Vec<Option<&str>> = batch.iter().map(|d| d.job_id.as_deref()).collect();
     let kinds: Vec<DeliveryKind> = batch.iter().map(|d| d.kind).collect();
@@ -84,17 +92,28 @@ pub async fn insert_leased(
     let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
     let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
     let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
-    sqlx::query(&schema.sql(
+    // Rows of unknown or departing customers are filtered out by the
+    // join (the foreign key alone would let a customer being erased take
+    // new rows); the count tells the caller.
+    let stored: i64 = sqlx::query_scalar(&schema.sql(
         "WITH d AS (
-             INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
-             SELECT id, job_id, kind, method, url, host, now() + make_interval(secs => lease_secs), expires_at,
-                    CASE WHEN lease IS NULL THEN 'pending' ELSE 'delivering' END, lease
+             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
+             SELECT t.id, t.job_id, t.customer_id, t.kind, t.method, t.url, t.host,
+                    now() + make_interval(secs => t.lease_secs), t.expires_at,
+                    CASE WHEN t.lease IS NULL THEN 'pending' ELSE 'delivering' END, t.lease
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::uuid[], $9::float8[])
-                  AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs)
+                         $7::timestamptz[], $8::uuid[], $9::float8[], $15::text[])
+                  AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs, customer_id)
+             LEFT JOIN postback.customers c ON c.id = t.customer_id
+             WHERE t.customer_id IS NULL OR (c.id IS NOT NULL AND c.deleted_at IS NULL)
+             RETURNING id),
+         p AS (
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+             SELECT u.* FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
+                  AS u(id, content_type, headers, auth, body, file_path)
+             JOIN d ON d.id = u.id
              RETURNING 1)
-         INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
-         SELECT * FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])",
+         SELECT count(*) FROM p",
     ))
     .bind(&ids)
     .bind(&job_ids)
@@ -110,9 +129,22 @@ pub async fn insert_leased(
     .bind(&auths)
     .bind(&bodies)
     .bind(&files)
-    .execute(&mut *conn)
+    .bind(&customers)
+    .fetch_one(&mut *conn)
     .await?;
+    if stored as usize != batch.len() {
+        return Err(unknown_customer());
+    }
     Ok(())
+}
+
+/// A delivery named a customer that does not exist (or is being erased).
+fn unknown_customer() -> crate::error::Error {
+    crate::error::Error::invalid(
+        crate::error::ErrorCode::UnknownCustomer,
+        "customerId",
+        "no customer has this id; create it with PUT /v1/customers/{customerId} first",
+    )
 }
 
 /// Queues one delivery in a single statement (one round trip, atomic on
@@ -126,17 +158,19 @@ pub async fn insert_one(
     notify: bool,
     lease: Option<(Uuid, std::time::Duration)>,
 ) -> Result<()> {
-    sqlx::query(&schema.sql(
+    let stored: i64 = sqlx::query_scalar(&schema.sql(
         "WITH d AS (
-             INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $14), $7,
-                     CASE WHEN $15::uuid IS NULL THEN 'pending' ELSE 'delivering' END, $15)
+             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
+             SELECT $1, $2, $16, $3, $4, $5, $6, now() + make_interval(secs => $14), $7,
+                    CASE WHEN $15::uuid IS NULL THEN 'pending' ELSE 'delivering' END, $15
+             WHERE $16::text IS NULL OR EXISTS (
+                 SELECT 1 FROM postback.customers WHERE id = $16 AND deleted_at IS NULL)
              RETURNING id),
          p AS (
              INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
              SELECT id, $8, $9, $10, $11, $12 FROM d
              RETURNING delivery_id)
-         SELECT CASE WHEN $13 THEN pg_notify('postback_due', '') END FROM p",
+         SELECT count(*) FROM p, LATERAL (SELECT CASE WHEN $13 THEN pg_notify('postback_due', '') END) AS n",
     ))
     .bind(d.id)
     .bind(&d.job_id)
@@ -153,8 +187,12 @@ pub async fn insert_one(
     .bind(notify)
     .bind(lease.map_or(0.0, |(_, d)| d.as_secs_f64()))
     .bind(lease.map(|(token, _)| token))
-    .execute(conn)
+    .bind(&d.customer_id)
+    .fetch_one(conn)
     .await?;
+    if stored == 0 {
+        return Err(unknown_customer());
+    }
     Ok(())
 }
 
@@ -171,6 +209,7 @@ pub fn mask_headers(headers: &Value) -> BTreeMap<String, String> {
 struct DeliveryRow {
     id: Uuid,
     job_id: Option<String>,
+    customer_id: Option<String>,
     kind: DeliveryKind,
     url: String,
     method: Method,
@@ -191,7 +230,7 @@ pub async fn find(
     id: Uuid,
 ) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
     let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(
-        "SELECT d.id, d.job_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
+        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
                 CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
                 d.completed_at, d.expires_at, p.content_type, p.headers
          FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id
@@ -204,6 +243,7 @@ pub async fn find(
     let attempts = attempts(&mut *conn, schema, id).await?;
     let view = DeliveryView {
         delivery_id: row.id,
+        customer_id: row.customer_id,
         job_id: row.job_id,
         kind: row.kind,
         url: row.url,

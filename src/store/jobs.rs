@@ -18,6 +18,8 @@ pub struct JobRow {
     pub request: Value,
     /// Metadata.
     pub metadata: Option<Value>,
+    /// The customer it is for.
+    pub customer_id: Option<String>,
     /// `[{"deliveryId","spec"}]`.
     pub callbacks: Value,
     /// Whether its result arrived, and how.
@@ -31,7 +33,7 @@ pub struct JobRow {
 }
 
 const JOB_COLUMNS: &str =
-    "id, request, metadata, callbacks, status, result, created_at, expires_at";
+    "id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at";
 
 /// Inserts a job unless one with the same id exists; returns the stored job
 /// and whether this call created it.
@@ -41,10 +43,10 @@ pub async fn insert(
     job: &JobRow,
 ) -> Result<(JobRow, bool)> {
     let inserted: Option<JobRow> = sqlx::query_as(&schema.sql(
-        "INSERT INTO postback.jobs (id, request, metadata, callbacks, status, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, 'in_progress', $5, $6)
+        "INSERT INTO postback.jobs (id, request, metadata, customer_id, callbacks, status, created_at, expires_at)
+         VALUES ($1, $2, $3, $7, $4, 'in_progress', $5, $6)
          ON CONFLICT (id) DO NOTHING
-         RETURNING id, request, metadata, callbacks, status, result, created_at, expires_at",
+         RETURNING id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at",
     ))
     .bind(&job.id)
     .bind(&job.request)
@@ -52,6 +54,7 @@ pub async fn insert(
     .bind(&job.callbacks)
     .bind(job.created_at)
     .bind(job.expires_at)
+    .bind(&job.customer_id)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
@@ -73,9 +76,9 @@ pub async fn find<'e, E: PgExecutor<'e>>(
     for_update: bool,
 ) -> Result<Option<JobRow>> {
     let sql = if for_update {
-        schema.sql("SELECT id, request, metadata, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1 FOR UPDATE")
+        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1 FOR UPDATE")
     } else {
-        schema.sql("SELECT id, request, metadata, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1")
+        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1")
     };
     debug_assert!(sql.contains(JOB_COLUMNS));
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)

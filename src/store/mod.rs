@@ -9,6 +9,7 @@
 //! `search_path`.
 
 pub mod admin;
+pub mod customers;
 pub mod deliveries;
 pub mod jobs;
 pub mod settings;

@@ -362,6 +362,7 @@ pub async fn queue_many(pool: &PgPool, url: &str, n: usize) -> Vec<String> {
         .map(|i| postback::store::deliveries::NewDelivery {
             id: uuid::Uuid::now_v7(),
             job_id: None,
+            customer_id: None,
             kind: postback::state::DeliveryKind::Generic,
             method: postback::Method::Post,
             url: format!("{url}/{i}"),

@@ -1168,6 +1168,7 @@ async fn queue_many(app: &TestApp, url: &str, n: usize) -> HashSet<String> {
         .map(|i| postback::store::deliveries::NewDelivery {
             id: uuid::Uuid::now_v7(),
             job_id: None,
+            customer_id: None,
             kind: postback::state::DeliveryKind::Generic,
             method: postback::Method::Post,
             url: url.to_owned(),

@@ -14,6 +14,7 @@ fn job(id: &str, url: String) -> NewJob {
     NewJob {
         job_id: Some(id.to_owned()),
         metadata: None,
+        customer_id: None,
         publish: Publish {
             callbacks: vec![CallbackSpec {
                 url,
@@ -56,7 +57,7 @@ async fn a_result_posted_in_a_rolled_back_transaction_queues_nothing_and_a_commi
         .unwrap();
     let receiver = Receiver::start().await;
     let config = test_config(&url);
-    let lib = Postback::new(&config);
+    let lib = Postback::new(&config).unwrap();
     lib.create_job(&pool, job("j-embed", receiver.url("/cb")))
         .await
         .unwrap();
@@ -148,7 +149,7 @@ async fn migrations_go_to_their_own_schema_and_leave_the_callers_search_path_alo
     // The library works against the custom schema through a caller's pool.
     let mut config = test_config(&url);
     config.db_schema = "dispatch".into();
-    let lib = Postback::new(&config);
+    let lib = Postback::new(&config).unwrap();
     let (view, _) = lib
         .create_job(&pool, job("j-custom", "https://example.org/cb".into()))
         .await

@@ -1,0 +1,197 @@
+//! Which secrets sign an attempt: the delivery's customer's live secrets
+//! (newest first; two during a rotation's grace period), or
+//! `POSTBACK_SIGNING_SECRET` for deliveries without a customer.
+//!
+//! Customers' secrets come from a per-process cache, so an attempt never
+//! costs a query: a customer is read once, then kept until a change of it
+//! is announced on [`CHANGE_CHANNEL`] (every write of a customer or its
+//! secrets NOTIFYs it). A read that raced with an announcement is not kept
+//! (a generation counter tells), and a reconnect of the LISTEN connection
+//! drops the whole cache, since announcements may have been missed.
+//!
+//! It must not write anything, and never logs a secret.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::sealing::Keyring;
+use crate::signing::SigningSecret;
+use crate::store::customers::{self, CHANGE_CHANNEL};
+use crate::store::Schema;
+
+/// Why an attempt has no secret to sign with.
+#[derive(Debug, thiserror::Error)]
+pub enum NoSecret {
+    /// The customer does not exist any more (it is being erased).
+    #[error("customer {0} was deleted; its deliveries are being erased")]
+    CustomerGone(String),
+    /// The secrets could not be read or opened.
+    #[error("cannot read the signing secrets of customer {customer}: {reason}")]
+    Unreadable {
+        /// The customer.
+        customer: String,
+        /// What went wrong (never a secret).
+        reason: String,
+    },
+}
+
+/// The secrets of one customer as cached.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Newest first, each with the end of its grace (`None`: current).
+    secrets: Vec<(SigningSecret, Option<OffsetDateTime>)>,
+}
+
+/// The signing secrets of every customer this process has delivered for.
+#[derive(Debug)]
+pub struct Secrets {
+    pool: PgPool,
+    schema: Schema,
+    keys: Arc<Keyring>,
+    default: Vec<SigningSecret>,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Bumped by every invalidation: a read that started before one is not
+    /// cached.
+    generation: AtomicU64,
+}
+
+impl Secrets {
+    /// Secrets read from `pool` and opened with `keys`; `default` signs
+    /// deliveries without a customer.
+    pub fn new(pool: PgPool, schema: Schema, keys: Arc<Keyring>, default: SigningSecret) -> Self {
+        Secrets {
+            pool,
+            schema,
+            keys,
+            default: vec![default],
+            entries: Mutex::default(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The secrets that sign an attempt for `customer`, newest first.
+    pub async fn for_customer(
+        &self,
+        customer: Option<&str>,
+    ) -> Result<Vec<SigningSecret>, NoSecret> {
+        let Some(customer) = customer else {
+            return Ok(self.default.clone());
+        };
+        let now = OffsetDateTime::now_utc();
+        if let Some(entry) = self.cached(customer) {
+            return live(customer, &entry, now);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let entry = self.read(customer).await?;
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.lock().insert(customer.to_owned(), entry.clone());
+        }
+        live(customer, &entry, now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, customer: &str) -> Option<Entry> {
+        self.lock().get(customer).cloned()
+    }
+
+    async fn read(&self, customer: &str) -> Result<Entry, NoSecret> {
+        let unreadable = |reason: String| NoSecret::Unreadable {
+            customer: customer.to_owned(),
+            reason,
+        };
+        let rows = customers::secrets(&self.pool, &self.schema, customer)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
+        let mut secrets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let text = self
+                .keys
+                .open(&row.secret)
+                .map_err(|e| unreadable(e.to_string()))?;
+            let secret = SigningSecret::parse(&text).map_err(|e| unreadable(e.to_string()))?;
+            secrets.push((secret, row.expires_at));
+        }
+        Ok(Entry { secrets })
+    }
+
+    /// Forgets `customer` (its secrets changed).
+    pub fn invalidate(&self, customer: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.lock().remove(customer);
+    }
+
+    /// Forgets every customer (announcements may have been missed).
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.lock().clear();
+    }
+
+    /// Keeps the cache in step with the database until `stop`: LISTENs on
+    /// [`CHANGE_CHANNEL`], reconnecting with backoff.
+    pub async fn follow_changes(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let subscribed = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANGE_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            }
+            .await;
+            let mut listener = match subscribed {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::debug!(%err, "customer LISTEN failed; secrets are read fresh meanwhile");
+                    // Without announcements the cache could go stale.
+                    self.clear();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.clear();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    msg = listener.try_recv() => match msg {
+                        Ok(Some(note)) => self.invalidate(note.payload()),
+                        // Reconnected inside sqlx: notes may be lost.
+                        Ok(None) => self.clear(),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The secrets of `entry` still live at `now`, newest first.
+fn live(
+    customer: &str,
+    entry: &Entry,
+    now: OffsetDateTime,
+) -> Result<Vec<SigningSecret>, NoSecret> {
+    let secrets: Vec<SigningSecret> = entry
+        .secrets
+        .iter()
+        .filter(|(_, ends)| ends.is_none_or(|end| end > now))
+        .map(|(s, _)| s.clone())
+        .collect();
+    if secrets.is_empty() {
+        return Err(NoSecret::CustomerGone(customer.to_owned()));
+    }
+    Ok(secrets)
+}
