@@ -300,3 +300,38 @@ pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `printenv NAME` stands in for `postback`: it prints the variable
+    /// and exits 1 when it is unset.
+    fn printenv(env: &[(&str, &str)]) -> Child {
+        Child::spawn(
+            "printenv",
+            Path::new("/usr/bin/printenv"),
+            "POSTBACK_TEST_SUPPORT_PROBE",
+            env.iter().copied(),
+            Options::default(),
+        )
+        .expect("spawn printenv")
+    }
+
+    #[tokio::test]
+    async fn the_childs_environment_is_scrubbed_then_set_and_its_output_logged() {
+        std::env::set_var("POSTBACK_TEST_SUPPORT_PROBE", "inherited");
+        let mut scrubbed = printenv(&[]);
+        let status = scrubbed.wait_exit(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(status.code(), Some(1), "the caller's POSTBACK_* leaked");
+
+        let mut given = printenv(&[("POSTBACK_TEST_SUPPORT_PROBE", "given")]);
+        let status = given.wait_exit(Duration::from_secs(10)).await.unwrap();
+        assert!(status.success());
+        assert_eq!(given.lines(), ["given"]);
+        assert!(given.ensure_running().is_err());
+        let log = given.log_path().to_owned();
+        drop(given);
+        assert!(!log.exists(), "a temporary log is removed on drop");
+    }
+}

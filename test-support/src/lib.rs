@@ -34,15 +34,24 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Binds `addr` (loopback, port 0 for any) and serves `app` on it, with
-/// each request's peer address available as `ConnectInfo<SocketAddr>`;
-/// returns the bound address. The server lives as long as the runtime.
-pub async fn serve_loopback(addr: &str, app: axum::Router) -> SocketAddr {
+/// Binds `addr` (loopback, port 0 for any) and serves `handler`, with
+/// `state`, for every method and path, with each request's peer address
+/// available as `ConnectInfo<SocketAddr>`; returns the bound address. The
+/// server lives as long as the runtime.
+pub(crate) async fn serve_loopback<H, T, S>(addr: &str, handler: H, state: S) -> SocketAddr
+where
+    H: axum::handler::Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("bind a receiver on {addr}: {e}"));
     let addr = listener.local_addr().expect("receiver address");
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let app = axum::Router::new()
+        .fallback(handler)
+        .with_state(state)
+        .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

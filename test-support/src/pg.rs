@@ -180,29 +180,31 @@ impl PrivatePg {
         pool
     }
 
-    /// `pg_ctl stop -m fast` as the cluster's owner; returns once it is down.
-    pub async fn stop_for_restart(&mut self) {
-        let cluster = self.cluster.take().expect("cluster");
-        let (cluster, stopped) = tokio::task::spawn_blocking(move || {
-            let stopped = cluster.stop_for_restart();
-            (cluster, stopped)
+    /// Runs `f` on the cluster on a blocking thread (pg_ctl waits).
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Cluster) -> R + Send + 'static,
+    ) -> R {
+        let mut cluster = self.cluster.take().expect("cluster");
+        let (cluster, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut cluster);
+            (cluster, out)
         })
         .await
         .expect("join");
         self.cluster = Some(cluster);
+        out
+    }
+
+    /// `pg_ctl stop -m fast` as the cluster's owner; returns once it is down.
+    pub async fn stop_for_restart(&mut self) {
+        let stopped = self.blocking(|c| c.stop_for_restart()).await;
         stopped.expect("pg_ctl stop -m fast");
     }
 
     /// `pg_ctl start` again on the same data and socket.
     pub async fn start_again(&mut self) {
-        let mut cluster = self.cluster.take().expect("cluster");
-        let (cluster, started) = tokio::task::spawn_blocking(move || {
-            let started = cluster.start_again();
-            (cluster, started)
-        })
-        .await
-        .expect("join");
-        self.cluster = Some(cluster);
+        let started = self.blocking(Cluster::start_again).await;
         started.expect("pg_ctl start");
     }
 

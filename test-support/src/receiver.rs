@@ -88,10 +88,7 @@ impl Receiver {
     pub async fn start_on(addr: &str) -> Receiver {
         let state = Arc::new(ReceiverState::default());
         *lock(&state.default) = Some(Answer::ok());
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(state.clone());
-        let addr = crate::serve_loopback(addr, app).await;
+        let addr = crate::serve_loopback(addr, record, state.clone()).await;
         Receiver { addr, state }
     }
 
@@ -158,4 +155,34 @@ async fn record(
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn it_records_requests_and_answers_its_script_then_the_default() {
+        let rx = Receiver::start().await;
+        rx.script([Answer::status(503).header("retry-after", "1")]);
+        rx.always(Answer::status(202).body("later"));
+        let http = reqwest::Client::new();
+        let first = http.post(rx.url("/a")).body("one").send().await.unwrap();
+        assert_eq!(first.status(), 503);
+        assert_eq!(first.headers()["retry-after"], "1");
+        let second = http.put(rx.url("/b")).send().await.unwrap();
+        assert_eq!(second.status(), 202);
+        assert_eq!(second.text().await.unwrap(), "later");
+        let got = rx.wait_for(2, Duration::from_secs(5)).await;
+        assert_eq!(
+            (got[0].method.as_str(), got[0].path.as_str()),
+            ("POST", "/a")
+        );
+        assert_eq!(&got[0].body[..], b"one");
+        assert_eq!(
+            (got[1].method.as_str(), got[1].path.as_str()),
+            ("PUT", "/b")
+        );
+        assert!(got[0].peer.ip().is_loopback());
+    }
 }

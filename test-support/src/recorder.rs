@@ -83,10 +83,7 @@ impl Recorder {
     pub async fn start(addr: &str, delay: Duration) -> Recorder {
         let state = Arc::new(RecorderState::default());
         *lock(&state.delay) = delay;
-        let app = axum::Router::new()
-            .fallback(record)
-            .with_state(state.clone());
-        let addr = crate::serve_loopback(addr, app).await;
+        let addr = crate::serve_loopback(addr, record, state.clone()).await;
         Recorder { addr, state }
     }
 
