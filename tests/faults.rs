@@ -17,7 +17,6 @@
 
 mod faults {
     pub mod harness;
-    pub mod receivers;
 }
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +29,8 @@ use faults::harness::{
     count_state, delivery_body, http, queue_many, run_case, wait_delivered, Postback, PrivatePg,
     TOKEN,
 };
-use faults::receivers::{Misbehaviour, Raw, Recorder};
+use postback_test_support::raw::{Misbehaviour, Raw};
+use postback_test_support::recorder::Recorder;
 
 /// Asserts a `503` with `{"error": {"code": "database_unavailable"}}`.
 async fn assert_unavailable(response: reqwest::Response, what: &str) {

@@ -1,15 +1,21 @@
 //! `postback-bench`: the reproducible benchmark of issue 8.
 //!
 //! ```sh
-//! cargo build --release --bins                       # builds `postback` and `postback-bench`
-//! cargo run --release --bin postback-bench -- --quick   # smoke test, ~3 minutes
-//! cargo run --release --bin postback-bench -- --markdown BENCHMARKS.md
+//! cargo build --release -p postback -p postback-bench   # both binaries, in target/release/
+//! cargo run --release -p postback-bench -- --quick      # smoke test, ~3 minutes
+//! cargo run --release -p postback-bench -- --markdown BENCHMARKS.md
 //! ```
 //!
-//! `cargo run --bin postback-bench` builds only this binary; the benchmark
+//! `cargo run -p postback-bench` builds only this binary; the benchmark
 //! runs the real `postback` binary found next to it (`target/release/`),
-//! so build that first (`cargo build --release --bins`). A warning is
-//! printed when a Postback source file is newer than that binary.
+//! so build that first (`cargo build --release -p postback -p
+//! postback-bench`, or `--postback PATH`). A warning is printed when a
+//! Postback source file is newer than that binary.
+//!
+//! This crate owns the scenarios, the load generators and the report; the
+//! cluster, the child-process runner and the receiver come from
+//! `postback-test-support`. It must not be a dependency of anything, nor
+//! change Postback's settings beyond what a scenario states in its report.
 //!
 //! It needs nothing but the PostgreSQL server binaries: it starts a private
 //! cluster with `postback::pgcluster::Cluster` in a temporary directory
@@ -24,16 +30,9 @@
 //! and RSS growth while a 1 GiB media stream is delivered). The final
 //! Markdown table compares each figure with the target of issue 8.
 
-// A crate root finds its modules beside itself; these live in the folder of the same name.
-#[path = "postback-bench/harness.rs"]
 mod harness;
-#[path = "postback-bench/load.rs"]
 mod load;
-#[path = "postback-bench/receiver.rs"]
-mod receiver;
-#[path = "postback-bench/report.rs"]
 mod report;
-#[path = "postback-bench/scenarios.rs"]
 mod scenarios;
 
 use std::io::Write as _;
@@ -298,7 +297,7 @@ async fn interrupt() {
 
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut cmd = "cargo run --release --bin postback-bench".to_owned();
+    let mut cmd = "cargo run --release -p postback-bench".to_owned();
     if !args.is_empty() {
         cmd.push_str(" -- ");
         cmd.push_str(&args.join(" "));

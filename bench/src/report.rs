@@ -162,3 +162,17 @@ pub fn thousands(x: f64) -> String {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits_by_three_and_rounds() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.6), "1,234,568");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+    }
+}

@@ -1,23 +1,27 @@
-//! What the scenarios stand on: the temporary directory, the private
-//! PostgreSQL cluster (durability on, as `serve` runs it), `postback`
-//! child processes with their memory figures, and the machine description.
-//! Every guard here stops what it started when dropped (error, panic or
-//! Ctrl-C), so a run never leaves a server or a child behind.
+//! What the scenarios stand on beyond `postback-test-support` (which owns
+//! the private cluster, the child-process runner and the receiver): the
+//! temporary directory, the cluster's admin pool and its WAL/xid/wait
+//! probes, `postback` children with their memory figures read from /proc,
+//! CPU accounting, and the machine description. Every guard here stops
+//! what it started when dropped (error, panic or Ctrl-C), so a run never
+//! leaves a server or a child behind.
+//!
+//! It must not hold anything the tests could share (that goes to
+//! `test-support/`), nor decide what a scenario measures.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use postback::pgcluster::Cluster;
+use postback_test_support::child::{self, Options};
+use postback_test_support::pg::PrivatePg;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+
+pub use postback_test_support::child::free_port;
 
 /// A scratch directory removed on drop (unless asked to keep it).
 pub struct TempDir {
@@ -48,40 +52,28 @@ impl Drop for TempDir {
     }
 }
 
-/// The private cluster, stopped on drop.
+/// The private cluster (stopped on drop) and an admin pool on it.
 pub struct Pg {
-    cluster: Option<Cluster>,
+    pg: PrivatePg,
     admin: PgPool,
     bin_dir: PathBuf,
 }
 
 impl Pg {
-    /// `Cluster::start` in `dir` (same code and settings as `serve`).
+    /// A private cluster in `dir` (same code and settings as `serve`).
     pub async fn start(dir: PathBuf) -> anyhow::Result<Pg> {
         let bin_dir = postback::pgcluster::find_server_binaries().context(
             "no PostgreSQL server binaries (initdb, pg_ctl, postgres) on PATH or under \
              /usr/lib/postgresql/*/bin: install the PostgreSQL server (e.g. `apt-get install postgresql`)",
         )?;
-        let mut cluster = tokio::task::spawn_blocking(move || Cluster::start(&dir))
-            .await
-            .context("cluster start task")?
-            .context("start the private PostgreSQL cluster")?;
-        let admin = match PgPoolOptions::new()
+        let pg = PrivatePg::start_in(dir).await?;
+        // On error the cluster stops as `pg` drops.
+        let admin = PgPoolOptions::new()
             .max_connections(2)
-            .connect(&cluster.url())
+            .connect(&pg.url())
             .await
-        {
-            Ok(pool) => pool,
-            Err(err) => {
-                let _ = cluster.stop();
-                return Err(err).context("connect to the private cluster");
-            }
-        };
-        Ok(Pg {
-            cluster: Some(cluster),
-            admin,
-            bin_dir,
-        })
+            .context("connect to the private cluster")?;
+        Ok(Pg { pg, admin, bin_dir })
     }
 
     pub fn bin_dir(&self) -> &Path {
@@ -93,10 +85,7 @@ impl Pg {
     }
 
     pub fn url_for(&self, db: &str) -> String {
-        self.cluster
-            .as_ref()
-            .map(|c| c.url_for(db))
-            .unwrap_or_default()
+        self.pg.url_for(db)
     }
 
     /// A new empty database (dropped first if a previous run left it).
@@ -184,25 +173,9 @@ impl Pg {
     }
 
     /// Stops the cluster and says whether it stopped cleanly.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.admin.close().await;
-        if let Some(mut cluster) = self.cluster.take() {
-            tokio::task::spawn_blocking(move || cluster.stop())
-                .await
-                .context("cluster stop task")?
-                .context("stop the private cluster")?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        if let Some(mut cluster) = self.cluster.take() {
-            if let Err(err) = cluster.stop() {
-                eprintln!("bench: stopping PostgreSQL failed: {err}");
-            }
-        }
+        self.pg.stop().await
     }
 }
 
@@ -357,18 +330,26 @@ fn clock_tick() -> f64 {
     }
 }
 
-/// A `postback` child process: SIGTERM (then SIGKILL) on drop.
-pub struct Child {
-    name: String,
-    inner: Option<std::process::Child>,
-    log: PathBuf,
-    pid: u32,
+/// A `postback` child process: SIGTERM (then SIGKILL) on drop, and when
+/// the bench itself dies; its log stays in the run's directory.
+pub struct Child(child::Child);
+
+impl Deref for Child {
+    type Target = child::Child;
+    fn deref(&self) -> &child::Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut child::Child {
+        &mut self.0
+    }
 }
 
 impl Child {
-    /// Runs `bin sub` with `env` added to a copy of ours from which every
-    /// `POSTBACK_*`, `DATABASE_URL` and `RUST_LOG` is removed (the child
-    /// runs with its documented defaults plus exactly what we set).
+    /// Runs `bin sub` with exactly `env` on top of the scrubbed environment
+    /// (see [`child::Child::spawn`]), logging to `log`.
     pub fn spawn(
         name: &str,
         bin: &Path,
@@ -376,157 +357,38 @@ impl Child {
         env: &[(String, String)],
         log: PathBuf,
     ) -> anyhow::Result<Child> {
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg(sub);
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("POSTBACK_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // If the bench itself is killed outright, its children follow it.
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the hook.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let inner = cmd
-            .spawn()
-            .with_context(|| format!("start {} {sub}", bin.display()))?;
-        Ok(Child {
-            name: name.to_owned(),
-            pid: inner.id(),
-            inner: Some(inner),
-            log,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
+        let options = Options {
+            log: Some(log),
+            drop_grace: Some(Duration::from_secs(10)),
+            die_with_parent: true,
+        };
+        let env = env.iter().map(|(k, v)| (k, v));
+        child::Child::spawn(name, bin, sub, env, options).map(Child)
     }
 
     pub fn mem(&self) -> Option<Mem> {
-        mem_of(self.pid)
-    }
-
-    /// Fails (with the end of its log) if the child has exited.
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        if let Some(inner) = self.inner.as_mut() {
-            if let Some(status) = inner.try_wait()? {
-                self.inner = None;
-                bail!(
-                    "{} exited unexpectedly ({status}); end of its log:\n{}",
-                    self.name,
-                    log_tail(&self.log)
-                );
-            }
-        }
-        Ok(())
+        mem_of(self.pid())
     }
 
     /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL. Returns
     /// the memory figures read just before the signal.
     pub async fn stop(mut self, grace: Duration) -> anyhow::Result<Option<Mem>> {
         let mem = self.mem();
-        let Some(mut inner) = self.inner.take() else {
-            return Ok(mem);
-        };
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        let until = Instant::now() + grace;
-        let status = loop {
-            if let Some(status) = inner.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= until {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        match status {
-            Some(s) if s.success() => Ok(mem),
-            Some(s) => {
-                eprintln!(
-                    "bench: warning: {} exited with {s} after SIGTERM; end of its log:\n{}",
-                    self.name,
-                    log_tail(&self.log)
-                );
-                Ok(mem)
-            }
-            None => {
-                let _ = inner.kill();
-                let _ = inner.wait();
-                bail!(
-                    "{} did not exit within {grace:?} of SIGTERM (killed)",
-                    self.name
-                )
-            }
+        let status = self.0.terminate(grace).await?;
+        if !status.success() {
+            eprintln!(
+                "bench: warning: {} exited with {status} after SIGTERM; end of its log:\n{}",
+                self.name(),
+                self.log_tail(20)
+            );
         }
+        Ok(mem)
     }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(mut inner) = self.inner.take() {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-            let until = Instant::now() + Duration::from_secs(10);
-            loop {
-                match inner.try_wait() {
-                    Ok(Some(_)) | Err(_) => return,
-                    Ok(None) if Instant::now() >= until => break,
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            let _ = inner.kill();
-            let _: std::io::Result<ExitStatus> = inner.wait();
-        }
-    }
-}
-
-/// The last lines of a child's log.
-pub fn log_tail(path: &Path) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return "(no log)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4000)));
-    let mut text = String::new();
-    let _ = f.read_to_string(&mut text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// A free loopback port (bound then released; the child binds it next).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// Waits until `GET base/readyz` answers 200 (at most 60 s).
 pub async fn wait_ready(child: &mut Child, base: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        child.ensure_running()?;
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        if Instant::now() >= until {
-            bail!("{base}/readyz did not answer 200 within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    child.wait_ready(base, Duration::from_secs(60)).await
 }
 
 /// The `postback` binary: `--postback PATH`, else next to this executable.
@@ -542,8 +404,8 @@ pub fn locate_postback(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     };
     if !path.is_file() {
         bail!(
-            "the `postback` binary is not at {}: build it first with `cargo build --release --bins` \
-             (`cargo run --bin postback-bench` builds only the benchmark), or pass --postback PATH",
+            "the `postback` binary is not at {}: build it first with `cargo build --release -p postback -p postback-bench` \
+             (`cargo run -p postback-bench` builds only the benchmark), or pass --postback PATH",
             path.display()
         );
     }
@@ -554,7 +416,9 @@ pub fn locate_postback(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// benchmark would measure old code). Silent when the sources are absent.
 pub fn staleness_warning(bin: &Path) -> Option<String> {
     let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The workspace root: this crate is its `bench/` member.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(manifest);
     let mut newest: Option<(SystemTime, PathBuf)> = None;
     let mut stack = vec![
         root.join("src"),
@@ -562,9 +426,6 @@ pub fn staleness_warning(bin: &Path) -> Option<String> {
         root.join("Cargo.toml"),
     ];
     while let Some(p) = stack.pop() {
-        if p == root.join("src/bin") {
-            continue;
-        }
         let Ok(meta) = std::fs::metadata(&p) else {
             continue;
         };
@@ -581,7 +442,7 @@ pub fn staleness_warning(bin: &Path) -> Option<String> {
     let (changed, path) = newest?;
     (changed > built).then(|| {
         format!(
-            "{} changed after {} was built: run `cargo build --release --bins` first, or this run measures old code",
+            "{} changed after {} was built: run `cargo build --release -p postback -p postback-bench` first, or this run measures old code",
             path.strip_prefix(root).unwrap_or(&path).display(),
             bin.display()
         )

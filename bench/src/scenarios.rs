@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use postback::store::Schema;
+use postback_test_support::fast::FastReceiver as Receiver;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::harness::{free_port, wait_ready, Child, Cpu, Mem, Pg};
 use crate::load::{self, ms, Api, Summary};
-use crate::receiver::Receiver;
 use crate::report::{thousands, Report};
 
 /// Sizes and durations of one run.

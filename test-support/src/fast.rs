@@ -1,8 +1,11 @@
-//! The callback receiver: axum on 127.0.0.1 with keep-alive and
-//! TCP_NODELAY, answering 200 at once to any method and path. It records
-//! the arrival `Instant` of every `webhook-id` (the first one; repeats are
-//! counted as duplicates) and counts body bytes as they stream in, without
-//! buffering them (a 1 GiB media PUT costs it nothing).
+//! The benchmark's callback receiver: axum on 127.0.0.1 with keep-alive
+//! and TCP_NODELAY, answering 200 at once to any method and path. It
+//! records the arrival `Instant` of every `webhook-id` (the first one;
+//! repeats are counted as duplicates) and counts body bytes as they stream
+//! in, without buffering them (a 1 GiB media PUT costs it nothing).
+//!
+//! It must stay cheap (it shares the machine with what it measures): no
+//! per-request allocation beyond its map entry, no body kept, no logging.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,16 +40,17 @@ impl Seen {
     }
 }
 
-/// A running receiver; stop it with [`Receiver::stop`] (or drop it).
-pub struct Receiver {
+/// A running receiver; stop it with [`FastReceiver::stop`] (or drop it).
+pub struct FastReceiver {
     addr: SocketAddr,
     seen: Arc<Seen>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
-impl Receiver {
-    pub async fn start() -> anyhow::Result<Receiver> {
+impl FastReceiver {
+    /// Listens on a free port of 127.0.0.1.
+    pub async fn start() -> anyhow::Result<FastReceiver> {
         let seen = Arc::new(Seen {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ..Seen::default()
@@ -67,7 +71,7 @@ impl Receiver {
                 .with_graceful_shutdown(async move { graceful.cancelled().await })
                 .await;
         });
-        Ok(Receiver {
+        Ok(FastReceiver {
             addr,
             seen,
             stop,
@@ -145,6 +149,7 @@ impl Receiver {
         }
     }
 
+    /// Stops serving (waits up to 2 s for open connections).
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
@@ -159,7 +164,7 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
+impl Drop for FastReceiver {
     fn drop(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
