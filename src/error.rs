@@ -104,6 +104,7 @@ fn not_found_code(what: &str) -> ErrorCode {
     match what {
         "job" => ErrorCode::JobNotFound,
         "delivery" => ErrorCode::DeliveryNotFound,
+        "customer" => ErrorCode::CustomerNotFound,
         _ => ErrorCode::NotFound,
     }
 }

@@ -316,6 +316,34 @@ async fn run_retention(pool: PgPool, schema: Schema, shutdown: CancellationToken
                 }
             }
         }
+        finish_erasures(&pool, &schema).await;
+    }
+}
+
+/// Finishes erasing customers whose `DELETE` was cut short (a process
+/// stopped mid-way).
+async fn finish_erasures(pool: &PgPool, schema: &Schema) {
+    let ids = match store::customers::being_deleted(pool, schema).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::warn!(%err, "could not look for customers being erased");
+            return;
+        }
+    };
+    for id in ids {
+        let erased = async {
+            let mut conn = pool.acquire().await?;
+            store::customers::erase(&mut conn, schema, &id, store::customers::ERASE_BATCH).await
+        }
+        .await;
+        match erased {
+            Ok(n) => {
+                tracing::info!(customer_id = %id, rows = n, "finished erasing a deleted customer")
+            }
+            Err(err) => {
+                tracing::warn!(customer_id = %id, %err, "erasing a deleted customer failed; next pass retries")
+            }
+        }
     }
 }
 
@@ -339,8 +367,19 @@ pub async fn signing_secret(
     let text = match &config.signing_secret {
         Some(s) => s.clone(),
         None => {
-            store::settings::signing_secret(pool, schema, || SigningSecret::generate().as_whsec())
-                .await?
+            // Stored sealed when POSTBACK_SECRETS_KEY is set, like every
+            // other secret.
+            let keys = config.keyring()?;
+            let stored = store::settings::signing_secret(pool, schema, || {
+                keys.seal(&SigningSecret::generate().as_whsec())
+            })
+            .await?;
+            keys.open(&stored).map_err(|e| {
+                StartError::Config(ConfigError {
+                    setting: "POSTBACK_SECRETS_KEY",
+                    reason: format!("cannot open the stored signing secret: {e}"),
+                })
+            })?
         }
     };
     SigningSecret::parse(&text).map_err(|e| {

@@ -68,6 +68,14 @@ impl JsonObjects for JobResult {
     ];
 }
 
+impl JsonObjects for crate::model::CustomerRequest {
+    const OBJECTS: &'static [&'static str] = &[""];
+}
+
+impl JsonObjects for crate::model::RotateSecret {
+    const OBJECTS: &'static [&'static str] = &[""];
+}
+
 impl JsonObjects for NewDelivery {
     const OBJECTS: &'static [&'static str] = &["", "headers"];
 }

@@ -11,6 +11,7 @@
 
 mod auth;
 mod body;
+mod customers;
 mod deliveries;
 mod error;
 mod jobs;
@@ -115,6 +116,10 @@ fn v1_routes() -> RouteTable {
         .add::<deliveries::__path_create, _, _>(deliveries::create)
         .add::<deliveries::__path_get, _, _>(deliveries::get)
         .add::<deliveries::__path_replay, _, _>(deliveries::replay)
+        .add::<customers::__path_put, _, _>(customers::put)
+        .add::<customers::__path_get, _, _>(customers::get)
+        .add::<customers::__path_delete, _, _>(customers::delete)
+        .add::<customers::__path_rotate_secret, _, _>(customers::rotate_secret)
         .add::<ops::__path_egress, _, _>(ops::egress)
 }
 

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{deliveries, jobs, ops, ErrorBody, ErrorDetail};
+use super::{customers, deliveries, jobs, ops, ErrorBody, ErrorDetail};
 use crate::error::ErrorCode;
 use crate::model;
 
@@ -32,6 +32,10 @@ use crate::model;
         deliveries::create,
         deliveries::get,
         deliveries::replay,
+        customers::put,
+        customers::get,
+        customers::delete,
+        customers::rotate_secret,
         ops::egress,
         ops::healthz,
         ops::readyz,
@@ -58,6 +62,11 @@ use crate::model;
         model::JobStatus,
         model::DeliveryState,
         model::DeliveryKind,
+        model::CustomerRequest,
+        model::CustomerView,
+        model::SecretInfo,
+        model::RotateSecret,
+        model::RotatedSecret,
         model::CallbackStatus,
         model::JobView,
         model::AttemptView,

@@ -31,6 +31,11 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
+    /// `POSTBACK_SECRETS_KEY` as given.
+    pub fn secrets_key(&self) -> Option<&str> {
+        self.secrets_key.as_deref().filter(|k| !k.trim().is_empty())
+    }
+
     /// Connects, or exits 2 when DATABASE_URL is missing.
     pub async fn connect(&self) -> Result<(PgPool, Schema), Failure> {
         let url = self.database_url.as_deref().ok_or_else(|| {

@@ -4,6 +4,7 @@
 //! the library's.
 
 mod admin;
+mod customers;
 mod listen;
 mod migrate;
 mod serve;
@@ -38,6 +39,12 @@ enum Command {
     Replay(admin::ReplayArgs),
     /// Delete jobs, deliveries and payloads past their expiry.
     Purge(admin::PurgeArgs),
+    /// Customers: rotate a signing secret.
+    #[command(subcommand)]
+    Customers(customers::CustomersCommand),
+    /// Stored secrets: re-encrypt them under the current key.
+    #[command(subcommand)]
+    Secrets(customers::SecretsCommand),
     /// A local receiver for development: prints each callback and checks its signature.
     Listen(listen::ListenArgs),
 }
@@ -137,6 +144,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Deliveries(cmd) => admin::deliveries(cmd).await,
         Command::Replay(args) => admin::replay(args).await,
         Command::Purge(args) => admin::purge(args).await,
+        Command::Customers(cmd) => customers::customers(cmd).await,
+        Command::Secrets(cmd) => customers::secrets(cmd).await,
         Command::Listen(args) => listen::run(args).await,
     }
 }

@@ -14,8 +14,7 @@ use crate::signing::SigningSecret;
 use crate::store::customers::{self as rows, CustomerRow, Put};
 use crate::validate;
 
-/// Rows one erasure statement deletes at most (per table).
-pub const ERASE_BATCH: i64 = 1000;
+pub use crate::store::customers::ERASE_BATCH;
 
 /// Whether `put_customer` made a new customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,30 +134,7 @@ impl Postback {
             return Err(not_found(id));
         }
         rows::mark_deleted(&mut conn, &self.schema, id).await?;
-        self.finish_erasure(&mut conn, id).await
-    }
-
-    /// Deletes what is left of a customer whose erasure began; returns how
-    /// many rows went.
-    pub async fn finish_erasure(&self, conn: &mut sqlx::PgConnection, id: &str) -> Result<u64> {
-        let mut erased = 0;
-        loop {
-            let n = rows::erase_batch(&mut *conn, &self.schema, id, ERASE_BATCH).await?;
-            erased += n;
-            if n == 0 {
-                if rows::delete_row(&mut *conn, &self.schema, id).await? {
-                    return Ok(erased);
-                }
-                // Rows arrived while erasing (an intake that had checked the
-                // customer a moment before): erase those too.
-                if rows::find_any(&mut *conn, &self.schema, id)
-                    .await?
-                    .is_none()
-                {
-                    return Ok(erased);
-                }
-            }
-        }
+        rows::erase(&mut conn, &self.schema, id, ERASE_BATCH).await
     }
 }
 

@@ -18,9 +18,12 @@ use uuid::Uuid;
 use crate::config::{Config, ConfigError};
 mod batcher;
 mod customers;
+mod reseal;
 mod sealed;
 
 pub use batcher::Batcher;
+pub use customers::{CustomerPut, ERASE_BATCH};
+pub use reseal::{Resealed, RESEAL_BATCH};
 
 use crate::egress::EgressPolicy;
 use crate::error::{Error, ErrorCode, Result};

@@ -162,52 +162,76 @@ pub async fn rotate(
     sealed_secret: &str,
     grace: std::time::Duration,
 ) -> Result<bool> {
-    let rotated: bool = sqlx::query_scalar(&schema.sql(
-        "WITH c AS (
-             SELECT id FROM postback.customers WHERE id = $1 AND deleted_at IS NULL FOR UPDATE),
-         gone AS (
-             DELETE FROM postback.customer_secrets s USING c
-             WHERE s.customer_id = c.id AND s.expires_at <= clock_timestamp()
-             RETURNING 1),
-         old AS (
-             UPDATE postback.customer_secrets s
-             SET expires_at = clock_timestamp() + make_interval(secs => $3)
-             FROM c WHERE s.customer_id = c.id AND s.expires_at IS NULL
-             RETURNING 1),
-         new AS (
-             INSERT INTO postback.customer_secrets (customer_id, secret, created_at)
-             SELECT id, $2, clock_timestamp() FROM c
-             RETURNING 1),
-         note AS (SELECT pg_notify($4, id) FROM c)
-         SELECT EXISTS (SELECT 1 FROM new) AND (SELECT count(*) >= 0 FROM old)
-                AND (SELECT count(*) >= 0 FROM gone) AND (SELECT count(*) >= 0 FROM note)",
+    // Separate statements: one statement's sub-statements run in no set
+    // order, and the new current secret may only be inserted once the old
+    // one is no longer current (one current secret per customer).
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let found: Option<String> =
+        sqlx::query_scalar(&schema.sql(
+            "SELECT id FROM postback.customers WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if found.is_none() {
+        return Ok(false);
+    }
+    sqlx::query(&schema.sql(
+        "DELETE FROM postback.customer_secrets WHERE customer_id = $1 AND expires_at <= now()",
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&schema.sql(
+        "UPDATE postback.customer_secrets SET expires_at = now() + make_interval(secs => $2)
+         WHERE customer_id = $1 AND expires_at IS NULL",
+    ))
+    .bind(id)
+    .bind(grace.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&schema.sql(
+        "INSERT INTO postback.customer_secrets (customer_id, secret, created_at)
+         VALUES ($1, $2, clock_timestamp())",
     ))
     .bind(id)
     .bind(sealed_secret)
-    .bind(grace.as_secs_f64())
-    .bind(CHANGE_CHANNEL)
-    .fetch_one(&mut *conn)
+    .execute(&mut *tx)
     .await?;
-    Ok(rotated)
+    announce(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Tells every process that customer `id` changed (delivered at commit).
+async fn announce(conn: &mut PgConnection, id: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGE_CHANNEL)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Starts erasing customer `id`: it is gone for the API, its secrets are
 /// deleted (nothing is signed with them any more). `false` when there is
 /// no such customer.
 pub async fn mark_deleted(conn: &mut PgConnection, schema: &Schema, id: &str) -> Result<bool> {
-    let marked: bool = sqlx::query_scalar(&schema.sql(
-        "WITH c AS (
-             UPDATE postback.customers SET deleted_at = coalesce(deleted_at, now())
-             WHERE id = $1 RETURNING id),
-         s AS (DELETE FROM postback.customer_secrets WHERE customer_id IN (SELECT id FROM c) RETURNING 1),
-         note AS (SELECT pg_notify($2, id) FROM c)
-         SELECT EXISTS (SELECT 1 FROM c) AND (SELECT count(*) >= 0 FROM s)
-                AND (SELECT count(*) >= 0 FROM note)",
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let marked = sqlx::query(&schema.sql(
+        "UPDATE postback.customers SET deleted_at = coalesce(deleted_at, now()) WHERE id = $1",
     ))
     .bind(id)
-    .bind(CHANGE_CHANNEL)
-    .fetch_one(&mut *conn)
-    .await?;
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query(&schema.sql("DELETE FROM postback.customer_secrets WHERE customer_id = $1"))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    announce(&mut tx, id).await?;
+    tx.commit().await?;
     Ok(marked)
 }
 
@@ -257,6 +281,30 @@ pub async fn delete_row<'e, E: PgExecutor<'e>>(db: E, schema: &Schema, id: &str)
         // A row inserted between the check and the delete.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Rows one erasure statement deletes at most (per table).
+pub const ERASE_BATCH: i64 = 1000;
+
+/// Deletes what is left of customer `id`, whose erasure began
+/// ([`mark_deleted`]): batches of `batch` rows until none is left, then the
+/// customer row. Returns how many rows went.
+pub async fn erase(conn: &mut PgConnection, schema: &Schema, id: &str, batch: i64) -> Result<u64> {
+    let mut erased = 0;
+    loop {
+        let n = erase_batch(&mut *conn, schema, id, batch).await?;
+        erased += n;
+        if n > 0 {
+            continue;
+        }
+        // Rows may arrive while erasing (an intake that checked the
+        // customer a moment before): the row goes only once none is left.
+        if delete_row(&mut *conn, schema, id).await?
+            || find_any(&mut *conn, schema, id).await?.is_none()
+        {
+            return Ok(erased);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api;
+mod customers;
 mod delivery;
 mod egress;
 mod embedding;
