@@ -262,7 +262,12 @@ impl Process {
         }
         #[cfg(not(feature = "api"))]
         let _ = (waker, handoff);
-        if self.config.secrets_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+        if self
+            .config
+            .secrets_key
+            .as_deref()
+            .is_none_or(|k| k.trim().is_empty())
+        {
             tracing::warn!(
                 "POSTBACK_SECRETS_KEY is not set: customers' signing secrets, callback auth secrets \
                  and header values are stored in clear; set it to a base64 32-byte key (openssl rand -base64 32)"

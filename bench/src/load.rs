@@ -73,9 +73,11 @@ impl Api {
 
 /// A `POST /v1/deliveries` body of exactly `size` bytes (JSON) that sends
 /// a callback to `target`.
-pub fn delivery_body(target: &str, size: usize) -> Bytes {
-    let head =
-        format!(r#"{{"url":"{target}","method":"POST","json":{{"source":"postback-bench","pad":""#);
+pub fn delivery_body(target: &str, size: usize, customer: Option<&str>) -> Bytes {
+    let customer = customer.map_or(String::new(), |c| format!(r#""customerId":"{c}","#));
+    let head = format!(
+        r#"{{"url":"{target}","method":"POST",{customer}"json":{{"source":"postback-bench","pad":""#
+    );
     let tail = r#""}}"#;
     let pad = size.saturating_sub(head.len() + tail.len());
     Bytes::from(format!("{head}{}{tail}", "x".repeat(pad)))

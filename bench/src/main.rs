@@ -117,6 +117,9 @@ struct Args {
     /// Keep the temporary directory (cluster data and child logs).
     #[arg(long)]
     keep: bool,
+    /// Every delivery names a customer (signed with its own secret).
+    #[arg(long)]
+    customer: bool,
 }
 
 impl Args {
@@ -135,6 +138,7 @@ impl Args {
             media_bytes: 1 << 30,
             concurrency: self.concurrency.max(1),
             per_host: self.per_host_concurrency.unwrap_or(self.concurrency).max(1),
+            customer: self.customer,
         }
     }
 

@@ -30,6 +30,38 @@ pub struct Plan {
     pub media_bytes: u64,
     pub concurrency: usize,
     pub per_host: usize,
+    /// Every delivery names the customer [`BENCH_CUSTOMER`] (signed with
+    /// its secret through the per-process cache).
+    pub customer: bool,
+}
+
+/// The customer of `--customer` runs.
+pub const BENCH_CUSTOMER: &str = "bench";
+
+/// Creates [`BENCH_CUSTOMER`] with a secret in the migrated database at
+/// `url` (directly in SQL: the drain queues its rows before any API runs).
+async fn create_bench_customer(url: &str) -> anyhow::Result<()> {
+    let schema = Schema::default();
+    let pool = postback::store::connect(url, &schema, 1).await?;
+    let secret = postback::signing::SigningSecret::generate().as_whsec();
+    sqlx::query(
+        "WITH c AS (INSERT INTO postback.customers (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING id)
+         INSERT INTO postback.customer_secrets (customer_id, secret) SELECT id, $2 FROM c",
+    )
+    .bind(BENCH_CUSTOMER)
+    .bind(secret)
+    .execute(&pool)
+    .await
+    .context("create the bench customer")?;
+    pool.close().await;
+    Ok(())
+}
+
+impl Plan {
+    /// The customer every delivery names, if any.
+    pub fn customer(&self) -> Option<&'static str> {
+        self.customer.then_some(BENCH_CUSTOMER)
+    }
 }
 
 /// What every scenario shares.
@@ -145,6 +177,7 @@ async fn bulk_insert(
     url: &str,
     body: &[u8],
     future: bool,
+    customer: Option<&str>,
 ) -> anyhow::Result<()> {
     const BATCH: u64 = 20_000;
     let (offset, spread) = if future {
@@ -158,8 +191,8 @@ async fn bulk_insert(
         let ids: Vec<Uuid> = (0..k).map(|_| Uuid::now_v7()).collect();
         sqlx::query(
             "WITH d AS (
-                 INSERT INTO postback.deliveries (id, kind, method, url, host, next_attempt_at, expires_at)
-                 SELECT t.id, 'generic', 'POST', $2, '127.0.0.1',
+                 INSERT INTO postback.deliveries (id, customer_id, kind, method, url, host, next_attempt_at, expires_at)
+                 SELECT t.id, $6, 'generic', 'POST', $2, '127.0.0.1',
                         now() + make_interval(secs => $4::float8 + (t.ord % $5::bigint)),
                         now() + interval '7 days'
                  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
@@ -172,6 +205,7 @@ async fn bulk_insert(
         .bind(body)
         .bind(offset)
         .bind(spread)
+        .bind(customer)
         .execute(pool)
         .await
         .context("bulk insert")?;
@@ -200,12 +234,15 @@ async fn drain_run(
     let schema = Schema::default();
     let pool = postback::store::connect(&url, &schema, 4).await?;
     postback::store::migrate(&pool, &schema).await?;
+    if ctx.plan.customer {
+        create_bench_customer(&url).await?;
+    }
     let rx = Receiver::start().await?;
     let target = rx.url("/drain");
     let body = callback_body(BODY_BYTES);
     if backlog > 0 {
         let t = Instant::now();
-        bulk_insert(&pool, backlog, &target, &body, true).await?;
+        bulk_insert(&pool, backlog, &target, &body, true, ctx.plan.customer()).await?;
         println!(
             "  queued {} deliveries due in 1 to 11 hours ({:.1} s)",
             thousands(backlog as f64),
@@ -213,7 +250,7 @@ async fn drain_run(
         );
     }
     let t = Instant::now();
-    bulk_insert(&pool, n, &target, &body, false).await?;
+    bulk_insert(&pool, n, &target, &body, false, ctx.plan.customer()).await?;
     println!(
         "  queued {} due deliveries of {BODY_BYTES} bytes ({:.1} s)",
         thousands(n as f64),
@@ -330,10 +367,13 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let db = "bench_ingest";
     let url = ctx.pg.fresh_db(db).await?;
     let (mut serve, base) = ctx.serve(db, &url, 0, &[]).await?;
+    if ctx.plan.customer {
+        create_bench_customer(&url).await?;
+    }
     let clients = ctx.plan.ingest_clients;
     let api = Api::new(&base, &ctx.token, 4)?;
     // Never delivered (no workers); port 9 is discard.
-    let body = load::delivery_body("http://127.0.0.1:9/ingest", BODY_BYTES);
+    let body = load::delivery_body("http://127.0.0.1:9/ingest", BODY_BYTES, ctx.plan.customer());
     println!(
         "  {clients} clients on 4 keep-alive connection pools, {BODY_BYTES}-byte bodies, 1 s warm-up then {} s",
         ctx.plan.ingest_window.as_secs()
@@ -510,8 +550,11 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let url = ctx.pg.fresh_db(db).await?;
     let rx = Receiver::start().await?;
     let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
+    if ctx.plan.customer {
+        create_bench_customer(&url).await?;
+    }
     let api = Api::new(&base, &ctx.token, 8)?;
-    let body = load::delivery_body(&rx.url("/e2e"), BODY_BYTES);
+    let body = load::delivery_body(&rx.url("/e2e"), BODY_BYTES, ctx.plan.customer());
     let rig = Rig {
         db,
         api: &api,
@@ -602,8 +645,11 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let url = ctx.pg.fresh_db(db).await?;
     let rx = Receiver::start().await?;
     let (mut serve, base) = ctx.serve(db, &url, ctx.plan.concurrency, &[]).await?;
+    if ctx.plan.customer {
+        create_bench_customer(&url).await?;
+    }
     let api = Api::new(&base, &ctx.token, 2)?;
-    let body = load::delivery_body(&rx.url("/light"), BODY_BYTES);
+    let body = load::delivery_body(&rx.url("/light"), BODY_BYTES, ctx.plan.customer());
     let rig = Rig {
         db,
         api: &api,
