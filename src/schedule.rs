@@ -98,6 +98,27 @@ pub fn next_attempt(
     Next::At(saturating_add(now, wait).min(horizon))
 }
 
+/// [`next_attempt`], honouring a receiver's `Retry-After` (SPEC §3): on a
+/// `429` or `503` it sets the earliest next attempt, in place of the
+/// schedule's wait when it is longer (so it also replaces the immediate
+/// retries), capped at `max_delay`; the give-up horizon still holds (the
+/// attempt falls at the horizon at the latest).
+pub fn next_attempt_after(
+    policy: &RetryPolicy,
+    attempts_made: u32,
+    first_attempt: OffsetDateTime,
+    now: OffsetDateTime,
+    retry_after: Option<Duration>,
+) -> Next {
+    let scheduled = next_attempt(policy, attempts_made, first_attempt, now);
+    let (Next::At(at), Some(wait)) = (scheduled, retry_after) else {
+        return scheduled;
+    };
+    let horizon = saturating_add(first_attempt, policy.give_up);
+    let asked = saturating_add(now, wait.min(policy.max_delay));
+    Next::At(at.max(asked).min(horizon))
+}
+
 /// The wait before the scheduled retry number `step` (0-based, counted after
 /// the immediate ones): `first_delay * 2^step`, capped at `max_delay`.
 fn scheduled_wait(policy: &RetryPolicy, step: u32) -> Duration {
@@ -164,6 +185,90 @@ mod tests {
         list.iter()
             .map(|d| time::Duration::try_from(*d).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn retry_after_replaces_a_shorter_wait_and_is_capped() {
+        let p = RetryPolicy::default();
+        // On the first failure: the immediate retry waits for Retry-After.
+        assert_eq!(
+            next_attempt_after(&p, 1, T0, T0, Some(Duration::from_secs(120))),
+            Next::At(T0 + time::Duration::seconds(120))
+        );
+        // Shorter than the schedule's 15 minutes: the schedule wins.
+        assert_eq!(
+            next_attempt_after(&p, 3, T0, T0, Some(Duration::from_secs(60))),
+            Next::At(T0 + time::Duration::minutes(15))
+        );
+        // Beyond the cap: capped at POSTBACK_RETRY_MAX_DELAY.
+        assert_eq!(
+            next_attempt_after(&p, 1, T0, T0, Some(hours(100))),
+            Next::At(T0 + time::Duration::hours(16))
+        );
+        // Near the horizon: the attempt falls at the horizon.
+        let late = T0 + time::Duration::hours(30);
+        assert_eq!(
+            next_attempt_after(&p, 9, T0, late, Some(hours(10))),
+            Next::At(T0 + time::Duration::hours(36))
+        );
+        // Past it: given up, whatever the receiver asked.
+        assert_eq!(
+            next_attempt_after(
+                &p,
+                9,
+                T0,
+                T0 + time::Duration::hours(36),
+                Some(Duration::ZERO)
+            ),
+            Next::GiveUp
+        );
+        assert_eq!(
+            next_attempt_after(&p, 1, T0, T0, None),
+            next_attempt(&p, 1, T0, T0)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_never_goes_past_the_horizon_or_before_now(
+            made in 1u32..20,
+            elapsed_s in 0u64..(40 * 3600),
+            wait_s in proptest::option::of(0u64..(200 * 3600)),
+            immediate in 0u32..4,
+            first_s in 1u64..7200,
+            max_s in 1u64..(20 * 3600),
+            give_up_s in 1u64..(48 * 3600),
+        ) {
+            let p = RetryPolicy {
+                immediate,
+                first_delay: Duration::from_secs(first_s),
+                max_delay: Duration::from_secs(max_s.max(first_s)),
+                give_up: Duration::from_secs(give_up_s),
+            };
+            let now = T0 + time::Duration::seconds(elapsed_s as i64);
+            let wait = wait_s.map(Duration::from_secs);
+            let horizon = T0 + time::Duration::seconds(give_up_s as i64);
+            match next_attempt_after(&p, made, T0, now, wait) {
+                Next::At(at) => {
+                    prop_assert!(at >= now, "before now");
+                    prop_assert!(at <= horizon, "past the horizon");
+                    prop_assert!(at >= match next_attempt(&p, made, T0, now) {
+                        Next::At(s) => s,
+                        Next::GiveUp => unreachable!("gave up without Retry-After"),
+                    }, "earlier than the schedule");
+                    if let Some(w) = wait {
+                        let capped = w.min(p.max_delay);
+                        let asked = now + time::Duration::try_from(capped).unwrap();
+                        prop_assert!(at >= asked.min(horizon), "earlier than Retry-After");
+                        prop_assert!(at <= asked.max(match next_attempt(&p, made, T0, now) {
+                            Next::At(s) => s,
+                            Next::GiveUp => unreachable!(),
+                        }), "later than both the cap and the schedule");
+                    }
+                }
+                Next::GiveUp => prop_assert_eq!(next_attempt(&p, made, T0, now), Next::GiveUp),
+            }
+        }
     }
 
     #[test]

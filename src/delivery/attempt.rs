@@ -39,6 +39,22 @@ pub struct AttemptReport {
     pub status_code: Option<u16>,
     /// First 1 KiB of the response, or the error text.
     pub snippet: Option<String>,
+    /// What a `429` or `503` asked for in `Retry-After`.
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptReport {
+    /// The receiver answered `410 Gone`: the delivery ends now.
+    pub fn is_gone(&self) -> bool {
+        self.status_code == Some(410)
+    }
+}
+
+/// The answer of a receiver, as far as an attempt reads it.
+struct Answer {
+    status: u16,
+    snippet: Option<String>,
+    retry_after: Option<Duration>,
 }
 
 /// Sends attempts; one per process, shared by every worker task.
@@ -76,20 +92,27 @@ impl Sender {
         let clock = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.send(d, started_at)).await;
         let duration = clock.elapsed();
-        let (outcome, status_code, snippet) = match result {
-            Ok(Ok((status, snippet))) if (200..300).contains(&status) => {
-                (Outcome::Success, Some(status), snippet)
+        let (outcome, status_code, snippet, retry_after) = match result {
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
+                (Outcome::Success, Some(answer.status), answer.snippet, None)
             }
-            Ok(Ok((status, snippet))) => (Outcome::HttpError, Some(status), snippet),
+            Ok(Ok(answer)) => (
+                Outcome::HttpError,
+                Some(answer.status),
+                answer.snippet,
+                answer.retry_after,
+            ),
             Ok(Err(failure)) => (
                 failure.outcome,
                 None,
                 Some(snippet_text(failure.message.as_bytes())),
+                None,
             ),
             Err(_) => (
                 Outcome::Timeout,
                 None,
                 Some(format!("no complete answer within {:?}", self.timeout)),
+                None,
             ),
         };
         AttemptReport {
@@ -98,14 +121,11 @@ impl Sender {
             outcome,
             status_code,
             snippet,
+            retry_after,
         }
     }
 
-    async fn send(
-        &self,
-        d: &Claimed,
-        started_at: OffsetDateTime,
-    ) -> Result<(u16, Option<String>), Failure> {
+    async fn send(&self, d: &Claimed, started_at: OffsetDateTime) -> Result<Answer, Failure> {
         let url =
             reqwest::Url::parse(&d.url).map_err(|e| Failure::other(format!("bad url: {e}")))?;
         self.egress.preflight(&url).await.map_err(|e| match e {
@@ -155,8 +175,20 @@ impl Sender {
         };
         let response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
+        let retry_after = match status {
+            429 | 503 => response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+            _ => None,
+        };
         let snippet = read_snippet(response).await;
-        Ok((status, snippet))
+        Ok(Answer {
+            status,
+            snippet,
+            retry_after,
+        })
     }
 
     fn headers(&self, d: &Claimed, msg_id: &str, timestamp: i64) -> Result<HeaderMap, Failure> {
@@ -206,6 +238,17 @@ impl Sender {
         }
         Ok(headers)
     }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay seconds, or an HTTP
+/// date (a date in the past is no wait). Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A failed attempt before any response.
@@ -322,6 +365,25 @@ async fn sign_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 
     #[test]
     fn snippets_are_at_most_1_kib_of_text_postgres_accepts() {

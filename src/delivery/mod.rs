@@ -37,7 +37,7 @@ use crate::egress::Egress;
 use crate::error::Result;
 use crate::queue::claim::{self, Claimed, Completion};
 use crate::queue::{handoff, wake, Capacity, Handoff, Room, Waker};
-use crate::schedule::{next_attempt, Next, RetryPolicy};
+use crate::schedule::{next_attempt_after, Next, RetryPolicy};
 use crate::signing::SigningSecret;
 use crate::state::{Completed, DeliveryState};
 use crate::store::Schema;
@@ -50,6 +50,8 @@ pub const CLAIM_BATCH: usize = 512;
 /// so work resumes within a second of the database coming back (a failed
 /// connection attempt a second costs nothing).
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The recorded error of a delivery ended by `410 Gone`.
+pub const GONE: &str = "gone";
 /// Pause when due work exists but other workers' claims hold it.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
@@ -404,11 +406,14 @@ impl ClaimLoop {
 pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) -> Completion {
     let (state, next) = if report.outcome == Outcome::Success {
         (DeliveryState::Delivered, None)
+    } else if report.is_gone() {
+        // 410: the receiver says the endpoint is gone for good.
+        (DeliveryState::Failed, None)
     } else {
         let first = d.cycle_started_at.unwrap_or(report.started_at);
         let made = (d.cycle_attempts.max(0) as u32).saturating_add(1);
         let failed_at = report.started_at + report.duration;
-        match next_attempt(retry, made, first, failed_at) {
+        match next_attempt_after(retry, made, first, failed_at, report.retry_after) {
             Next::At(at) => (DeliveryState::Pending, Some(at)),
             Next::GiveUp => (DeliveryState::Failed, None),
         }
@@ -421,7 +426,11 @@ pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) 
         started_at: report.started_at,
         duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
         status_code: report.status_code.map(i32::from),
-        error: (report.outcome != Outcome::Success).then(|| report.outcome.as_str()),
+        error: match report.outcome {
+            Outcome::Success => None,
+            _ if report.is_gone() => Some(GONE),
+            other => Some(other.as_str()),
+        },
         response_snippet: report.snippet.clone(),
     }
 }

@@ -2,6 +2,7 @@
 //! process assembly as the `postback` binary. One binary so the cluster
 //! starts once; each test gets its own database.
 
+mod health;
 mod helpers;
 
 mod api;
