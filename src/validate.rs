@@ -160,6 +160,21 @@ pub fn job_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// The origin (`scheme://host:port`, the key of a circuit breaker) of a
+/// validated destination URL; the port is the scheme's default when the
+/// URL names none, the host as the URL parser normalised it.
+pub fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default().trim_end_matches('.'),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// Longest customer id (SPEC §2).
 pub const MAX_CUSTOMER_ID: usize = 128;
 /// Longest grace period of a rotated-out secret (SPEC §2: 0 to 7 days).

@@ -28,7 +28,9 @@ const QUEUE: usize = 8192;
 struct Item {
     row: NewDelivery,
     lease: Option<(Uuid, Duration)>,
-    done: oneshot::Sender<Result<()>>,
+    /// Answered with whether the row was stored held (its origin's breaker
+    /// is open) instead of leased.
+    done: oneshot::Sender<Result<bool>>,
 }
 
 /// Submits deliveries to the group-commit writers (cheap to clone).
@@ -55,8 +57,9 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Stores `row` (leased when `lease` is set); returns once committed.
-    pub async fn submit(&self, row: NewDelivery, lease: Option<(Uuid, Duration)>) -> Result<()> {
+    /// Stores `row` (leased when `lease` is set); returns once committed,
+    /// with whether it was stored held by an open breaker instead.
+    pub async fn submit(&self, row: NewDelivery, lease: Option<(Uuid, Duration)>) -> Result<bool> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Item { row, lease, done })
@@ -82,9 +85,9 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
         let leases: Vec<_> = items.iter().map(|i| i.lease).collect();
         let stored = store(&pool, &schema, &rows, &leases).await;
         match stored {
-            Ok(()) => {
+            Ok(held) => {
                 for item in items.drain(..) {
-                    let _ = item.done.send(Ok(()));
+                    let _ = item.done.send(Ok(held.contains(&item.row.id)));
                 }
             }
             // The batch failed as a whole: store each on its own, so every
@@ -97,7 +100,8 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
                         std::slice::from_ref(&item.row),
                         &[item.lease],
                     )
-                    .await;
+                    .await
+                    .map(|held| held.contains(&item.row.id));
                     let _ = item.done.send(one);
                 }
             }
@@ -110,7 +114,7 @@ async fn store(
     schema: &Schema,
     rows: &[NewDelivery],
     leases: &[Option<(Uuid, Duration)>],
-) -> Result<()> {
+) -> Result<Vec<Uuid>> {
     let mut conn = pool.acquire().await?;
     insert_leased(&mut conn, schema, rows, leases).await
 }

@@ -271,8 +271,9 @@ impl Postback {
         let mut conn = db.acquire().await?;
         // A leased row needs no wake-up: its attempt starts here.
         let notify = self.notify == NotifyMode::InTransaction && lease.is_none();
-        store::deliveries::insert_one(&mut conn, &self.schema, &row, notify, lease).await?;
-        Ok(self.accepted(row, handoff, reservation))
+        let held =
+            store::deliveries::insert_one(&mut conn, &self.schema, &row, notify, lease).await?;
+        Ok(self.accepted(row, handoff, reservation.filter(|_| !held)))
     }
 
     /// [`Postback::enqueue_handing_off`] through the API's group-commit
@@ -286,8 +287,8 @@ impl Postback {
         let row = self.generic_row(delivery)?;
         let reservation = handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref()));
         let lease = reservation.as_ref().map(Reservation::lease);
-        batcher.submit(row.clone(), lease).await?;
-        Ok(self.accepted(row, handoff, reservation))
+        let held = batcher.submit(row.clone(), lease).await?;
+        Ok(self.accepted(row, handoff, reservation.filter(|_| !held)))
     }
 
     /// A validated generic delivery as it will be stored.
@@ -296,10 +297,12 @@ impl Postback {
         if let Some(customer) = &delivery.customer_id {
             validate::customer_id(customer, "customerId")?;
         }
+        let origin = validate::origin(&delivery.url);
         Ok(store::deliveries::NewDelivery {
             id: Uuid::now_v7(),
             job_id: None,
             customer_id: delivery.customer_id,
+            origin,
             kind: DeliveryKind::Generic,
             method: delivery.method,
             url: delivery.url,
@@ -536,6 +539,7 @@ fn callback_delivery(
         kind: spec.kind.into(),
         method: spec.method,
         url: spec.url.clone(),
+        origin: validate::origin(&spec.url),
         host,
         content_type: payload.content_type,
         headers: serde_json::to_value(&spec.headers).unwrap_or_else(|_| json!({})),

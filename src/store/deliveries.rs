@@ -30,6 +30,8 @@ pub struct NewDelivery {
     pub url: String,
     /// Destination host (for per-host fairness and filters).
     pub host: String,
+    /// `scheme://host:port`, the key of its circuit breaker.
+    pub origin: String,
     /// Content-Type of the body.
     pub content_type: String,
     /// Caller headers.
@@ -44,15 +46,45 @@ pub struct NewDelivery {
     pub expires_at: OffsetDateTime,
 }
 
-/// Queues `batch` (two statements however many deliveries).
+impl NewDelivery {
+    /// A generic JSON delivery of `body` to `url` (already validated), as
+    /// an embedder queues one in its own transaction.
+    pub fn generic_json(url: &str, body: Vec<u8>, expires_at: OffsetDateTime) -> Self {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        NewDelivery {
+            id: Uuid::now_v7(),
+            job_id: None,
+            customer_id: None,
+            kind: DeliveryKind::Generic,
+            method: Method::Post,
+            url: url.to_owned(),
+            host,
+            origin: crate::validate::origin(url),
+            content_type: "application/json".to_owned(),
+            headers: Value::Object(Default::default()),
+            auth: None,
+            body: Some(body),
+            file_path: None,
+            expires_at,
+        }
+    }
+}
+
+/// Queues `batch` (one statement however many deliveries).
 pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelivery]) -> Result<()> {
     let unleased = vec![None; batch.len()];
-    insert_leased(conn, schema, batch, &unleased).await
+    insert_leased(conn, schema, batch, &unleased).await?;
+    Ok(())
 }
 
 /// Queues `batch` in ONE statement (deliveries and payloads together, so
 /// the batch is atomic even outside a transaction). `leases[i]`, when
-/// set, stores delivery `i` already claimed by that token for that long.
+/// set, stores delivery `i` already claimed by that token for that long,
+/// unless its origin's breaker is open: the ids returned are those stored
+/// held instead (their leases were not taken).
 ///
 /// A delivery for a customer that does not exist (or is being erased) is
 /// not stored; the whole batch is then refused with
@@ -63,11 +95,12 @@ pub async fn insert_leased(
     schema: &Schema,
     batch: &[NewDelivery],
     leases: &[Option<(Uuid, std::time::Duration)>],
-) -> Result<()> {
+) -> Result<Vec<Uuid>> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let customers: Vec<Option<&str>> = batch.iter().map(|d| d.customer_id.as_deref()).collect();
+    let origins: Vec<&str> = batch.iter().map(|d| d.origin.as_str()).collect();
     let ids: Vec<Uuid> = batch.iter().map(|d| d.id).collect();
     let job_ids: Vec<Option<&str>> = batch.iter().map(|d| d.job_id.as_deref()).collect();
     let kinds: Vec<DeliveryKind> = batch.iter().map(|d| d.kind).collect();
@@ -95,25 +128,34 @@ pub async fn insert_leased(
     // Rows of unknown or departing customers are filtered out by the
     // join (the foreign key alone would let a customer being erased take
     // new rows); the count tells the caller.
-    let stored: i64 = sqlx::query_scalar(&schema.sql(
+    // A delivery to an origin whose breaker is open is born held (never
+    // leased): it waits for the probe, at most until its horizon.
+    let (stored, held): (i64, Vec<Uuid>) = sqlx::query_as(&schema.sql(
         "WITH d AS (
-             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
-             SELECT t.id, t.job_id, t.customer_id, t.kind, t.method, t.url, t.host,
-                    now() + make_interval(secs => t.lease_secs), t.expires_at,
-                    CASE WHEN t.lease IS NULL THEN 'pending' ELSE 'delivering' END, t.lease
+             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
+                                              next_attempt_at, held_due, expires_at, state, lease)
+             SELECT t.id, t.job_id, t.customer_id, t.kind, t.method, t.url, t.host, t.origin,
+                    CASE WHEN b.origin IS NULL THEN now() + make_interval(secs => t.lease_secs)
+                         ELSE now() + make_interval(secs => coalesce(b.hold_secs, 0)) END,
+                    CASE WHEN b.origin IS NOT NULL THEN now() END,
+                    t.expires_at,
+                    CASE WHEN t.lease IS NULL OR b.origin IS NOT NULL THEN 'pending' ELSE 'delivering' END,
+                    CASE WHEN b.origin IS NULL THEN t.lease END
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::uuid[], $9::float8[], $15::text[])
-                  AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs, customer_id)
+                         $7::timestamptz[], $8::uuid[], $9::float8[], $15::text[], $16::text[])
+                  AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs, customer_id, origin)
              LEFT JOIN postback.customers c ON c.id = t.customer_id
+             LEFT JOIN postback.destinations b ON b.origin = t.origin AND b.state = 'open'
              WHERE t.customer_id IS NULL OR (c.id IS NOT NULL AND c.deleted_at IS NULL)
-             RETURNING id),
+             RETURNING id, held_due IS NOT NULL AS held),
          p AS (
              INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
              SELECT u.* FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
                   AS u(id, content_type, headers, auth, body, file_path)
              JOIN d ON d.id = u.id
-             RETURNING 1)
-         SELECT count(*) FROM p",
+             RETURNING delivery_id)
+         SELECT (SELECT count(*) FROM p),
+                coalesce((SELECT array_agg(id) FROM d WHERE held), '{}'::uuid[])",
     ))
     .bind(&ids)
     .bind(&job_ids)
@@ -130,12 +172,13 @@ pub async fn insert_leased(
     .bind(&bodies)
     .bind(&files)
     .bind(&customers)
+    .bind(&origins)
     .fetch_one(&mut *conn)
     .await?;
     if stored as usize != batch.len() {
         return Err(unknown_customer());
     }
-    Ok(())
+    Ok(held)
 }
 
 /// A delivery named a customer that does not exist (or is being erased).
@@ -157,20 +200,30 @@ pub async fn insert_one(
     d: &NewDelivery,
     notify: bool,
     lease: Option<(Uuid, std::time::Duration)>,
-) -> Result<()> {
-    let stored: i64 = sqlx::query_scalar(&schema.sql(
-        "WITH d AS (
-             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
-             SELECT $1, $2, $16, $3, $4, $5, $6, now() + make_interval(secs => $14), $7,
-                    CASE WHEN $15::uuid IS NULL THEN 'pending' ELSE 'delivering' END, $15
+) -> Result<bool> {
+    let (stored, held): (i64, bool) = sqlx::query_as(&schema.sql(
+        "WITH b AS (
+             SELECT hold_secs FROM postback.destinations WHERE origin = $17 AND state = 'open'),
+         d AS (
+             INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
+                                              next_attempt_at, held_due, expires_at, state, lease)
+             SELECT $1, $2, $16, $3, $4, $5, $6, $17,
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM b) THEN now() + make_interval(secs => $14)
+                         ELSE now() + make_interval(secs => coalesce((SELECT hold_secs FROM b), 0)) END,
+                    CASE WHEN EXISTS (SELECT 1 FROM b) THEN now() END,
+                    $7,
+                    CASE WHEN $15::uuid IS NULL OR EXISTS (SELECT 1 FROM b) THEN 'pending' ELSE 'delivering' END,
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM b) THEN $15 END
              WHERE $16::text IS NULL OR EXISTS (
                  SELECT 1 FROM postback.customers WHERE id = $16 AND deleted_at IS NULL)
-             RETURNING id),
+             RETURNING id, held_due IS NOT NULL AS held),
          p AS (
              INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
              SELECT id, $8, $9, $10, $11, $12 FROM d
              RETURNING delivery_id)
-         SELECT count(*) FROM p, LATERAL (SELECT CASE WHEN $13 THEN pg_notify('postback_due', '') END) AS n",
+         SELECT count(*), coalesce(bool_or(d.held), false)
+         FROM p JOIN d ON d.id = p.delivery_id,
+              LATERAL (SELECT CASE WHEN $13 THEN pg_notify('postback_due', '') END) AS n",
     ))
     .bind(d.id)
     .bind(&d.job_id)
@@ -188,12 +241,13 @@ pub async fn insert_one(
     .bind(lease.map_or(0.0, |(_, d)| d.as_secs_f64()))
     .bind(lease.map(|(token, _)| token))
     .bind(&d.customer_id)
+    .bind(&d.origin)
     .fetch_one(conn)
     .await?;
     if stored == 0 {
         return Err(unknown_customer());
     }
-    Ok(())
+    Ok(held)
 }
 
 /// Header values are secrets: every read masks them.

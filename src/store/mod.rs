@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod customers;
+pub mod destinations;
 pub mod deliveries;
 pub mod jobs;
 pub mod settings;

@@ -162,26 +162,13 @@ pub fn delivery_body(url: &str, n: usize) -> Value {
 /// embedding backend would) and wakes the workers; returns their ids.
 pub async fn queue_many(pool: &PgPool, url: &str, n: usize) -> Vec<String> {
     let expires = OffsetDateTime::now_utc() + time::Duration::days(1);
-    let host = url::Url::parse(url)
-        .expect("url")
-        .host_str()
-        .expect("host")
-        .to_owned();
     let batch: Vec<postback::store::deliveries::NewDelivery> = (0..n)
-        .map(|i| postback::store::deliveries::NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            job_id: None,
-            customer_id: None,
-            kind: postback::state::DeliveryKind::Generic,
-            method: postback::Method::Post,
-            url: format!("{url}/{i}"),
-            host: host.clone(),
-            content_type: "application/json".into(),
-            headers: json!({}),
-            auth: None,
-            body: Some(format!("{{\"n\":{i}}}").into_bytes()),
-            file_path: None,
-            expires_at: expires,
+        .map(|i| {
+            postback::store::deliveries::NewDelivery::generic_json(
+                &format!("{url}/{i}"),
+                format!("{{\"n\":{i}}}").into_bytes(),
+                expires,
+            )
         })
         .collect();
     let mut tx = pool.begin().await.expect("begin");

@@ -1163,22 +1163,13 @@ impl Drop for Workers {
 /// embedding backend would) and wakes the workers; returns their ids.
 async fn queue_many(app: &TestApp, url: &str, n: usize) -> HashSet<String> {
     let expires = OffsetDateTime::now_utc() + time::Duration::days(1);
-    let host = url::Url::parse(url).unwrap().host_str().unwrap().to_owned();
     let batch: Vec<postback::store::deliveries::NewDelivery> = (0..n)
-        .map(|i| postback::store::deliveries::NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            job_id: None,
-            customer_id: None,
-            kind: postback::state::DeliveryKind::Generic,
-            method: postback::Method::Post,
-            url: url.to_owned(),
-            host: host.clone(),
-            content_type: "application/json".into(),
-            headers: json!({}),
-            auth: None,
-            body: Some(format!("{{\"n\":{i}}}").into_bytes()),
-            file_path: None,
-            expires_at: expires,
+        .map(|i| {
+            postback::store::deliveries::NewDelivery::generic_json(
+                url,
+                format!("{{\"n\":{i}}}").into_bytes(),
+                expires,
+            )
         })
         .collect();
     let mut tx = app.pool.begin().await.unwrap();

@@ -1,0 +1,293 @@
+//! The `destinations` table: one circuit breaker per origin (scheme, host,
+//! port), shared by every process (SPEC §3), and the statements that hold
+//! an open origin's deliveries and release them.
+//!
+//! A held delivery keeps the time it was due in `held_due` and waits at its
+//! give-up horizon, so the last attempt at the horizon is still made while
+//! the breaker is open; closing the breaker puts each back at its due time
+//! (now, for those already due). It must not decide when a breaker opens
+//! (that is the engine's `breakers` module): it only stores and moves rows.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgExecutor};
+use time::OffsetDateTime;
+
+use super::Schema;
+use crate::error::Result;
+
+/// A breaker as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DestinationRow {
+    /// `scheme://host:port`.
+    pub origin: String,
+    /// `closed` or `open` (`open` with a probe out is shown as `half_open`).
+    pub state: String,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+    /// When it opened.
+    pub opened_at: Option<OffsetDateTime>,
+    /// When the next probe may go (open only).
+    pub next_probe_at: Option<OffsetDateTime>,
+    /// A probe is out since then.
+    pub probing_since: Option<OffsetDateTime>,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+}
+
+/// What one origin did in a batch of outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginOutcomes {
+    /// The origin.
+    pub origin: String,
+    /// A 2xx arrived in the batch.
+    pub succeeded: bool,
+    /// Failures after the batch's last success (all of them without one).
+    pub trailing_failures: i32,
+    /// The error of the last failure.
+    pub last_error: Option<String>,
+}
+
+/// A breaker that changed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Opened (or re-opened after a failed probe) until `next_probe_at`.
+    Opened {
+        /// The origin.
+        origin: String,
+        /// Consecutive failures that opened it.
+        failures: i32,
+        /// When it will probe.
+        next_probe_at: OffsetDateTime,
+        /// The last error.
+        last_error: Option<String>,
+    },
+    /// Closed by a success (or a reset).
+    Closed {
+        /// The origin.
+        origin: String,
+    },
+}
+
+/// Records a batch's outcomes per origin: a success closes and resets the
+/// origin's breaker (releasing what it held); failures count up, and reaching
+/// `threshold` opens it for `cooldown`, a failure while it is open re-opens
+/// it with the cooldown doubled up to `max_cooldown`. Returns the
+/// transitions. Origins that never failed cost one index probe and no write.
+pub async fn record(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    outcomes: &[OriginOutcomes],
+    threshold: u32,
+    cooldown: Duration,
+    max_cooldown: Duration,
+    give_up: Duration,
+) -> Result<Vec<Transition>> {
+    let mut transitions = Vec::new();
+    let succeeded: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.succeeded)
+        .map(|o| o.origin.as_str())
+        .collect();
+    if !succeeded.is_empty() {
+        let closed: Vec<String> = sqlx::query_scalar(&schema.sql(
+            "WITH old AS (
+                 SELECT origin, state FROM postback.destinations
+                 WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')
+                 FOR UPDATE),
+             upd AS (
+                 UPDATE postback.destinations b
+                 SET state = 'closed', consecutive_failures = 0, opened_at = NULL, cooldown_secs = NULL,
+                     next_probe_at = NULL, probing_since = NULL, updated_at = now()
+                 FROM old WHERE b.origin = old.origin
+                 RETURNING b.origin)
+             SELECT old.origin FROM old JOIN upd ON upd.origin = old.origin WHERE old.state = 'open'",
+        ))
+        .bind(&succeeded)
+        .fetch_all(&mut *conn)
+        .await?;
+        for origin in closed {
+            release(&mut *conn, schema, &origin).await?;
+            transitions.push(Transition::Closed { origin });
+        }
+    }
+    let failing: Vec<&OriginOutcomes> = outcomes
+        .iter()
+        .filter(|o| o.trailing_failures > 0)
+        .collect();
+    if failing.is_empty() || threshold == 0 {
+        return Ok(transitions);
+    }
+    let origins: Vec<&str> = failing.iter().map(|o| o.origin.as_str()).collect();
+    let counts: Vec<i32> = failing.iter().map(|o| o.trailing_failures).collect();
+    let errors: Vec<Option<&str>> = failing.iter().map(|o| o.last_error.as_deref()).collect();
+    // Count the failures; open a closed breaker at the threshold, re-open an
+    // open one whose probe failed with the cooldown doubled. (A failure of an
+    // attempt that started before the breaker opened changes nothing.)
+    let opened: Vec<(String, i32, OffsetDateTime, Option<String>)> = sqlx::query_as(&schema.sql(
+        "WITH o AS (
+             SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) AS o(origin, fails, err)),
+         counted AS (
+             INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
+             SELECT origin, fails, err FROM o
+             ON CONFLICT (origin) DO UPDATE
+             SET consecutive_failures = b.consecutive_failures + EXCLUDED.consecutive_failures,
+                 last_error = EXCLUDED.last_error, updated_at = now()
+             RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs, b.probing_since),
+         opened AS (
+             UPDATE postback.destinations b
+             SET state = 'open',
+                 opened_at = CASE WHEN c.state = 'open' THEN b.opened_at ELSE now() END,
+                 cooldown_secs = CASE WHEN c.state = 'open'
+                                      THEN least(coalesce(c.cooldown_secs, $4) * 2, $5) ELSE $4 END,
+                 next_probe_at = now() + make_interval(secs => CASE WHEN c.state = 'open'
+                                      THEN least(coalesce(c.cooldown_secs, $4) * 2, $5) ELSE $4 END),
+                 probing_since = NULL,
+                 hold_secs = $7
+             FROM counted c
+             WHERE b.origin = c.origin
+               AND ((c.state = 'open' AND c.probing_since IS NOT NULL)
+                    OR (c.state = 'closed' AND c.consecutive_failures >= $6))
+             RETURNING b.origin, b.consecutive_failures, b.next_probe_at, b.last_error)
+         SELECT origin, consecutive_failures, next_probe_at, last_error FROM opened",
+    ))
+    .bind(&origins)
+    .bind(&counts)
+    .bind(&errors)
+    .bind(cooldown.as_secs_f64())
+    .bind(max_cooldown.max(cooldown).as_secs_f64())
+    .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+    .bind(give_up.as_secs_f64())
+    .fetch_all(&mut *conn)
+    .await?;
+    // Every failing origin whose breaker is open now holds its deliveries
+    // (the ones just failed included: their retries wait for the probe).
+    hold(&mut *conn, schema, &origins, give_up).await?;
+    for (origin, failures, next_probe_at, last_error) in opened {
+        transitions.push(Transition::Opened {
+            origin,
+            failures,
+            next_probe_at,
+            last_error,
+        });
+    }
+    Ok(transitions)
+}
+
+/// Holds every pending delivery of those `origins` whose breaker is open:
+/// each keeps its due time in
+/// `held_due` and waits at its give-up horizon (`give_up` after its
+/// cycle's first attempt, or from now for one never attempted), where its
+/// last attempt is made whatever the breaker says.
+async fn hold(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    origins: &[&str],
+    give_up: Duration,
+) -> Result<u64> {
+    Ok(sqlx::query(&schema.sql(
+        "UPDATE postback.deliveries
+         SET held_due = next_attempt_at,
+             next_attempt_at = greatest(next_attempt_at,
+                 coalesce(cycle_started_at, now()) + make_interval(secs => $2))
+         WHERE origin IN (SELECT origin FROM postback.destinations
+                          WHERE origin = ANY($1::text[]) AND state = 'open')
+           AND state = 'pending' AND next_attempt_at IS NOT NULL AND held_due IS NULL",
+    ))
+    .bind(origins)
+    .bind(give_up.as_secs_f64())
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Puts every delivery `origin`'s breaker held back at its due time.
+async fn release(conn: &mut PgConnection, schema: &Schema, origin: &str) -> Result<u64> {
+    Ok(sqlx::query(&schema.sql(
+        "UPDATE postback.deliveries
+         SET next_attempt_at = greatest(held_due, now()), held_due = NULL
+         WHERE origin = $1 AND held_due IS NOT NULL AND state = 'pending'",
+    ))
+    .bind(origin)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Lets one probe go for every open breaker whose cooldown ended and that
+/// has no probe out: the oldest held delivery becomes due now. Breakers are
+/// taken under a row lock, so two workers never probe one origin together.
+/// Returns the origins probed.
+pub async fn release_probes(conn: &mut PgConnection, schema: &Schema) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(&schema.sql(
+        "WITH due AS (
+             SELECT origin FROM postback.destinations
+             WHERE state = 'open' AND next_probe_at <= now() AND probing_since IS NULL
+             FOR UPDATE SKIP LOCKED),
+         probe AS (
+             SELECT DISTINCT ON (d.origin) d.id, d.origin
+             FROM postback.deliveries d JOIN due ON due.origin = d.origin
+             WHERE d.held_due IS NOT NULL AND d.state = 'pending'
+             ORDER BY d.origin, d.held_due, d.id),
+         freed AS (
+             UPDATE postback.deliveries d SET next_attempt_at = now(), held_due = NULL
+             FROM probe WHERE d.id = probe.id
+             RETURNING d.origin)
+         UPDATE postback.destinations b SET probing_since = now(), updated_at = now()
+         FROM freed WHERE b.origin = freed.origin
+         RETURNING b.origin",
+    ))
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Closes `origin`'s breaker now (an operator's reset): its held deliveries
+/// become due at once. `false` when no breaker of that origin exists.
+pub async fn reset(conn: &mut PgConnection, schema: &Schema, origin: &str) -> Result<bool> {
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let found = sqlx::query(&schema.sql(
+        "UPDATE postback.destinations
+         SET state = 'closed', consecutive_failures = 0, opened_at = NULL, cooldown_secs = NULL,
+             next_probe_at = NULL, probing_since = NULL, updated_at = now()
+         WHERE origin = $1",
+    ))
+    .bind(origin)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    release(&mut tx, schema, origin).await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Breakers, optionally only those in `state` (`open`, `half_open`,
+/// `closed`), open ones first.
+pub async fn list<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    state: Option<&str>,
+) -> Result<Vec<DestinationRow>> {
+    Ok(sqlx::query_as(&schema.sql(
+        "SELECT origin,
+                CASE WHEN state = 'open' AND probing_since IS NOT NULL THEN 'half_open' ELSE state END AS state,
+                consecutive_failures, opened_at, next_probe_at, probing_since, last_error
+         FROM postback.destinations
+         WHERE $1::text IS NULL
+            OR $1 = CASE WHEN state = 'open' AND probing_since IS NOT NULL THEN 'half_open' ELSE state END
+         ORDER BY state DESC, opened_at NULLS LAST, origin
+         LIMIT 1000",
+    ))
+    .bind(state)
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many breakers are open or half open (the gauge).
+pub async fn open_count<'e, E: PgExecutor<'e>>(db: E, schema: &Schema) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        &schema.sql("SELECT count(*) FROM postback.destinations WHERE state = 'open'"),
+    )
+    .fetch_one(db)
+    .await?)
+}
