@@ -41,6 +41,10 @@ pub mod defaults {
     pub const PER_HOST_CONCURRENCY: &str = "16";
     /// `POSTBACK_PER_CUSTOMER_CONCURRENCY`.
     pub const PER_CUSTOMER_CONCURRENCY: &str = "64";
+    /// `POSTBACK_BREAKER_FAILURES`.
+    pub const BREAKER_FAILURES: &str = "10";
+    /// `POSTBACK_BREAKER_COOLDOWN`.
+    pub const BREAKER_COOLDOWN: &str = "1m";
     /// `POSTBACK_JOB_TTL`.
     pub const JOB_TTL: &str = "7d";
     /// `POSTBACK_MAX_BODY`.
@@ -150,6 +154,21 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_CUSTOMER_CONCURRENCY", default_value = defaults::PER_CUSTOMER_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
     pub per_customer_concurrency: u32,
 
+    /// Consecutive failed attempts to one origin that open its circuit breaker; 0 turns breakers off.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "POSTBACK_BREAKER_FAILURES", default_value = defaults::BREAKER_FAILURES)
+    )]
+    pub breaker_failures: u32,
+
+    /// First wait of an open breaker before its probe; doubles on each failed probe.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_BREAKER_COOLDOWN", default_value = defaults::BREAKER_COOLDOWN, value_parser = parse_positive_duration))]
+    pub breaker_cooldown: Duration,
+
+    /// URL that receives operator events (destination.opened/closed, delivery.failed).
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_OPERATOR_WEBHOOK", value_parser = parse_webhook))]
+    pub operator_webhook: Option<url::Url>,
+
     /// Job and delivery lifetime from creation.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = defaults::JOB_TTL, value_parser = parse_positive_duration))]
     pub job_ttl: Duration,
@@ -247,6 +266,13 @@ impl Default for Config {
                 defaults::PER_CUSTOMER_CONCURRENCY,
                 from_str,
             ),
+            breaker_failures: parse("BREAKER_FAILURES", defaults::BREAKER_FAILURES, from_str),
+            breaker_cooldown: parse(
+                "BREAKER_COOLDOWN",
+                defaults::BREAKER_COOLDOWN,
+                parse_positive_duration,
+            ),
+            operator_webhook: None,
             job_ttl: parse("JOB_TTL", defaults::JOB_TTL, parse_positive_duration),
             max_body: parse("MAX_BODY", defaults::MAX_BODY, parse_bytes),
             egress_source_addr: None,
@@ -425,6 +451,15 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"))
+}
+
+/// An `http://` or `https://` URL with a host (the operator webhook).
+pub fn parse_webhook(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("{e}; use https://host/path"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".to_owned());
+    }
+    Ok(url)
 }
 
 /// An `http://` or `https://` proxy URL with a host.

@@ -105,6 +105,7 @@ fn not_found_code(what: &str) -> ErrorCode {
         "job" => ErrorCode::JobNotFound,
         "delivery" => ErrorCode::DeliveryNotFound,
         "customer" => ErrorCode::CustomerNotFound,
+        "destination" => ErrorCode::DestinationNotFound,
         _ => ErrorCode::NotFound,
     }
 }

@@ -28,6 +28,7 @@
 //! | data | [`validate`] | refusing bad input with a message that says what to fix |
 //! | queue | [`queue`] | the queue protocol: claim, lease, wake-up, capacity, handoff |
 //! | queue | [`metrics`] | Prometheus names and the queue gauges |
+//! | queue | [`events`] | operator events, queued as deliveries of their own |
 //! | sides | [`intake`] | the library API that writes deliveries ([`Postback`]); never sends |
 //! | sides | [`delivery`] | the engine: claim loop, HTTP attempt, batched completion ([`Dispatcher`]) |
 //! | edges | [`runtime`] | assembling and stopping a process |
@@ -50,6 +51,7 @@ pub mod config;
 pub mod delivery;
 pub mod egress;
 pub mod error;
+pub mod events;
 pub mod intake;
 pub mod metrics;
 pub mod model;

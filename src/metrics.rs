@@ -29,6 +29,17 @@ pub const QUEUE_DEPTH: &str = "postback_queue_depth";
 /// `postback_oldest_due_seconds` (gauge).
 pub const OLDEST_DUE: &str = "postback_oldest_due_seconds";
 
+/// `postback_destinations_open` (gauge): origins whose breaker is open or half open.
+pub const DESTINATIONS_OPEN: &str = "postback_destinations_open";
+/// `postback_operator_events_total{type}` (counter).
+pub const OPERATOR_EVENTS: &str = "postback_operator_events_total";
+/// Every operator event type (SPEC §3).
+pub const EVENT_TYPES: [&str; 3] = [
+    "destination.opened",
+    "destination.closed",
+    "delivery.failed",
+];
+
 /// How often the queue gauges are read from the database.
 pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -100,6 +111,15 @@ fn describe() {
         metrics::gauge!(QUEUE_DEPTH, "state" => state).set(0.0);
     }
     metrics::gauge!(OLDEST_DUE).set(0.0);
+    metrics::describe_gauge!(
+        DESTINATIONS_OPEN,
+        "Origins whose circuit breaker is open or half open."
+    );
+    metrics::gauge!(DESTINATIONS_OPEN).set(0.0);
+    metrics::describe_counter!(OPERATOR_EVENTS, "Operator events queued, by type.");
+    for kind in EVENT_TYPES {
+        metrics::counter!(OPERATOR_EVENTS, "type" => kind).increment(0);
+    }
 }
 
 /// The queue as the gauges show it.
@@ -114,6 +134,8 @@ pub struct QueueDepth {
     pub in_flight: i64,
     /// Age in seconds of the oldest due delivery (0 when none is due).
     pub oldest: f64,
+    /// Origins whose breaker is open or half open.
+    pub open_destinations: i64,
 }
 
 /// Reads the queue depth once.
@@ -125,7 +147,8 @@ pub async fn queue_depth(pool: &PgPool, schema: &Schema) -> Result<QueueDepth, s
                 count(*) FILTER (WHERE state = 'pending' AND next_attempt_at > now()) AS scheduled,
                 count(*) FILTER (WHERE state = 'delivering' AND next_attempt_at > now()) AS in_flight,
                 coalesce(extract(epoch FROM now() - min(next_attempt_at)
-                    FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest
+                    FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest,
+                (SELECT count(*) FROM postback.destinations WHERE state = 'open') AS open_destinations
          FROM postback.deliveries WHERE next_attempt_at IS NOT NULL",
     ))
     .fetch_one(pool)
@@ -139,6 +162,7 @@ pub async fn refresh_queue_gauges(pool: &PgPool, schema: &Schema) -> Result<(), 
     metrics::gauge!(QUEUE_DEPTH, "state" => "scheduled").set(depth.scheduled as f64);
     metrics::gauge!(QUEUE_DEPTH, "state" => "in_flight").set(depth.in_flight as f64);
     metrics::gauge!(OLDEST_DUE).set(depth.oldest);
+    metrics::gauge!(DESTINATIONS_OPEN).set(depth.open_destinations as f64);
     Ok(())
 }
 

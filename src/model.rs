@@ -772,3 +772,42 @@ pub struct RotatedSecret {
     /// The secret that signs from now on.
     pub signing_secret: String,
 }
+
+/// A destination's circuit breaker (`GET /v1/destinations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationView {
+    /// `scheme://host:port`.
+    pub origin: String,
+    /// `closed`, `open` or `half_open` (a probe is out).
+    pub state: String,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+    /// When it opened.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub opened_at: Option<time::OffsetDateTime>,
+    /// When the next probe may go.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_probe_time: Option<time::OffsetDateTime>,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+}
+
+/// Answer of `GET /v1/destinations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationList {
+    /// Open ones first.
+    pub destinations: Vec<DestinationView>,
+}
+
+/// Body of `POST /v1/destinations/reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "api", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResetDestination {
+    /// The origin, e.g. `https://host:443` (the port may be left out).
+    pub origin: String,
+}

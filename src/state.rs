@@ -123,6 +123,8 @@ spelled! {
         Media = "media",
         /// A delivery queued with `POST /v1/deliveries`.
         Generic = "generic",
+        /// An operator event (`POSTBACK_OPERATOR_WEBHOOK`).
+        Event = "event",
     }
 }
 

@@ -76,6 +76,10 @@ impl JsonObjects for crate::model::RotateSecret {
     const OBJECTS: &'static [&'static str] = &[""];
 }
 
+impl JsonObjects for crate::model::ResetDestination {
+    const OBJECTS: &'static [&'static str] = &[""];
+}
+
 impl JsonObjects for NewDelivery {
     const OBJECTS: &'static [&'static str] = &["", "headers"];
 }
@@ -173,6 +177,38 @@ pub fn origin(url: &str) -> String {
         ),
         Err(_) => url.to_owned(),
     }
+}
+
+/// A breaker `state` filter: `open`, `half_open` or `closed`.
+pub fn breaker_state(state: &str, field: &str) -> Result<(), Error> {
+    match state {
+        "open" | "half_open" | "closed" => Ok(()),
+        _ => Err(Error::invalid(
+            ErrorCode::InvalidQuery,
+            field,
+            "must be open, half_open or closed",
+        )),
+    }
+}
+
+/// An origin as an operator writes it (`https://host`, `https://host:443`,
+/// or a URL of that origin), normalised to `scheme://host:port`.
+pub fn origin_filter(origin: &str, field: &str) -> Result<String, Error> {
+    let url = url::Url::parse(origin.trim()).map_err(|e| {
+        Error::invalid(
+            ErrorCode::InvalidField,
+            field,
+            format!("{e}; give an origin such as https://example.org:443"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(Error::invalid(
+            ErrorCode::InvalidField,
+            field,
+            "must be an http or https origin such as https://example.org:443",
+        ));
+    }
+    Ok(crate::validate::origin(url.as_str()))
 }
 
 /// Longest customer id (SPEC §2).

@@ -13,6 +13,7 @@ mod auth;
 mod body;
 mod customers;
 mod deliveries;
+mod destinations;
 mod error;
 mod jobs;
 mod openapi;
@@ -120,6 +121,8 @@ fn v1_routes() -> RouteTable {
         .add::<customers::__path_get, _, _>(customers::get)
         .add::<customers::__path_delete, _, _>(customers::delete)
         .add::<customers::__path_rotate_secret, _, _>(customers::rotate_secret)
+        .add::<destinations::__path_list, _, _>(destinations::list)
+        .add::<destinations::__path_reset, _, _>(destinations::reset)
         .add::<ops::__path_egress, _, _>(ops::egress)
 }
 

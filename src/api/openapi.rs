@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, deliveries, jobs, ops, ErrorBody, ErrorDetail};
+use super::{customers, deliveries, destinations, jobs, ops, ErrorBody, ErrorDetail};
 use crate::error::ErrorCode;
 use crate::model;
 
@@ -36,6 +36,8 @@ use crate::model;
         customers::get,
         customers::delete,
         customers::rotate_secret,
+        destinations::list,
+        destinations::reset,
         ops::egress,
         ops::healthz,
         ops::readyz,
@@ -67,6 +69,9 @@ use crate::model;
         model::SecretInfo,
         model::RotateSecret,
         model::RotatedSecret,
+        model::DestinationView,
+        model::DestinationList,
+        model::ResetDestination,
         model::CallbackStatus,
         model::JobView,
         model::AttemptView,

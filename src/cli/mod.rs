@@ -5,6 +5,7 @@
 
 mod admin;
 mod customers;
+mod destinations;
 mod listen;
 mod migrate;
 mod serve;
@@ -39,6 +40,9 @@ enum Command {
     Replay(admin::ReplayArgs),
     /// Delete jobs, deliveries and payloads past their expiry.
     Purge(admin::PurgeArgs),
+    /// Circuit breakers per destination origin.
+    #[command(subcommand)]
+    Destinations(destinations::DestinationsCommand),
     /// Customers: rotate a signing secret.
     #[command(subcommand)]
     Customers(customers::CustomersCommand),
@@ -144,6 +148,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Deliveries(cmd) => admin::deliveries(cmd).await,
         Command::Replay(args) => admin::replay(args).await,
         Command::Purge(args) => admin::purge(args).await,
+        Command::Destinations(cmd) => destinations::run(cmd).await,
         Command::Customers(cmd) => customers::customers(cmd).await,
         Command::Secrets(cmd) => customers::secrets(cmd).await,
         Command::Listen(args) => listen::run(args).await,

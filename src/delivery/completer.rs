@@ -30,6 +30,7 @@ pub async fn run(
     schema: Schema,
     mut rx: UnboundedReceiver<Completion>,
     waker: Waker,
+    breakers: std::sync::Arc<super::breakers::Breakers>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
@@ -47,14 +48,17 @@ pub async fn run(
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
                         flush(&pool, &schema, &batch).await;
+                        breakers.after_flush(&pool, &schema, &batch, &waker).await;
                         batch.clear();
                     }
                 }
                 flush(&pool, &schema, &batch).await;
+                breakers.after_flush(&pool, &schema, &batch, &waker).await;
                 return;
             }
         }
         flush(&pool, &schema, &batch).await;
+        breakers.after_flush(&pool, &schema, &batch, &waker).await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
         // claim (and an idle query) per flush for nothing under load.

@@ -15,7 +15,9 @@
 //!   earliest due time, at most [`IDLE_POLL`].
 
 mod attempt;
+mod breakers;
 mod completer;
+
 mod secrets;
 
 use std::sync::Arc;
@@ -71,6 +73,7 @@ pub enum DispatcherError {
 pub struct Dispatcher {
     pool: PgPool,
     secrets: Arc<Secrets>,
+    breakers: Arc<breakers::Breakers>,
     schema: Schema,
     engine: Engine,
     lease: Duration,
@@ -158,8 +161,19 @@ impl Dispatcher {
             keys.clone(),
             secret,
         ));
+        let breakers = Arc::new(breakers::Breakers {
+            threshold: config.breaker_failures,
+            cooldown: config.breaker_cooldown,
+            max_cooldown: config.retry_max_delay,
+            give_up: config.retry_give_up,
+            events: config
+                .operator_webhook
+                .as_ref()
+                .map(|url| crate::events::Events::new(url, config.job_ttl)),
+        });
         Ok(Dispatcher {
             pool,
+            breakers,
             secrets: secrets.clone(),
             schema,
             engine: Engine {
@@ -194,6 +208,7 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Dispatcher {
             pool,
+            breakers,
             secrets,
             schema,
             engine,
@@ -210,6 +225,14 @@ impl Dispatcher {
             pool.clone(),
             schema.clone(),
             done_rx,
+            waker.clone(),
+            breakers.clone(),
+            helpers.clone(),
+        ));
+        let prober = tokio::spawn(breakers::Breakers::probe(
+            (*breakers).clone(),
+            pool.clone(),
+            schema.clone(),
             waker.clone(),
             helpers.clone(),
         ));
@@ -236,6 +259,7 @@ impl Dispatcher {
         let _ = completer.await;
         let _ = listener.await;
         let _ = follower.await;
+        let _ = prober.await;
         Ok(())
     }
 }
@@ -421,6 +445,8 @@ pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) 
     Completion {
         id: d.id,
         lease: d.lease,
+        origin: d.origin.clone(),
+        kind: d.kind,
         state,
         next_attempt_at: next,
         started_at: report.started_at,

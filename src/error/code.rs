@@ -78,6 +78,8 @@ error_codes! {
     DeliveryNotFound = "delivery_not_found",
     /// No such customer.
     CustomerNotFound = "customer_not_found",
+    /// No circuit breaker for that origin (it never failed).
+    DestinationNotFound = "destination_not_found",
     /// The job is past its expiration time.
     JobExpired = "job_expired",
     /// No such route.

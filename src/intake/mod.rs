@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::{Config, ConfigError};
 mod batcher;
 mod customers;
+mod destinations;
 mod reseal;
 mod sealed;
 

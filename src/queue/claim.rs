@@ -37,6 +37,9 @@ pub struct Claimed {
     pub url: String,
     /// Destination host.
     pub host: String,
+    /// `scheme://host:port`: the key of its circuit breaker (`None` for rows
+    /// queued before origins were stored).
+    pub origin: Option<String>,
     /// Lease token of this claim.
     pub lease: Uuid,
     /// Attempts of the current schedule made before this one.
@@ -69,6 +72,7 @@ impl Claimed {
             method: row.method,
             url: row.url,
             host: row.host,
+            origin: Some(row.origin),
             lease,
             cycle_attempts: 0,
             cycle_started_at: None,
@@ -193,7 +197,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              UPDATE postback.deliveries d
              SET state = 'delivering', next_attempt_at = now() + make_interval(secs => $2), lease = $3
              FROM due WHERE d.id = due.id
-             RETURNING d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
+             RETURNING d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host, d.origin, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
          SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
@@ -222,6 +226,10 @@ pub struct Completion {
     pub id: Uuid,
     /// Lease token it was claimed with.
     pub lease: Uuid,
+    /// The origin attempted (for its circuit breaker).
+    pub origin: Option<String>,
+    /// What the delivery carries (operator events are not reported on).
+    pub kind: DeliveryKind,
     /// Pending (a retry), delivered or failed.
     pub state: DeliveryState,
     /// Next due time when pending.
@@ -278,6 +286,7 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
                  last_attempt_at = u.started_at,
                  last_status_code = u.status_code,
                  last_error = u.error,
+                 held_due = NULL,
                  completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END
              FROM u WHERE d.id = u.id AND d.lease = u.lease
              RETURNING d.id, d.attempts),

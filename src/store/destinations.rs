@@ -55,6 +55,8 @@ pub enum Transition {
     Opened {
         /// The origin.
         origin: String,
+        /// It was open already: its probe failed.
+        reopened: bool,
         /// Consecutive failures that opened it.
         failures: i32,
         /// When it will probe.
@@ -124,39 +126,53 @@ pub async fn record(
     // Count the failures; open a closed breaker at the threshold, re-open an
     // open one whose probe failed with the cooldown doubled. (A failure of an
     // attempt that started before the breaker opened changes nothing.)
-    let opened: Vec<(String, i32, OffsetDateTime, Option<String>)> = sqlx::query_as(&schema.sql(
-        "WITH o AS (
-             SELECT * FROM unnest($1::text[], $2::int[], $3::text[]) AS o(origin, fails, err)),
-         counted AS (
-             INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
-             SELECT origin, fails, err FROM o
+    // Two statements: one statement cannot update a row twice.
+    let counted: Vec<(String, String, i32, Option<f64>, Option<OffsetDateTime>)> =
+        sqlx::query_as(&schema.sql(
+            "INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
              ON CONFLICT (origin) DO UPDATE
              SET consecutive_failures = b.consecutive_failures + EXCLUDED.consecutive_failures,
                  last_error = EXCLUDED.last_error, updated_at = now()
-             RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs, b.probing_since),
-         opened AS (
-             UPDATE postback.destinations b
-             SET state = 'open',
-                 opened_at = CASE WHEN c.state = 'open' THEN b.opened_at ELSE now() END,
-                 cooldown_secs = CASE WHEN c.state = 'open'
-                                      THEN least(coalesce(c.cooldown_secs, $4) * 2, $5) ELSE $4 END,
-                 next_probe_at = now() + make_interval(secs => CASE WHEN c.state = 'open'
-                                      THEN least(coalesce(c.cooldown_secs, $4) * 2, $5) ELSE $4 END),
-                 probing_since = NULL,
-                 hold_secs = $7
-             FROM counted c
-             WHERE b.origin = c.origin
-               AND ((c.state = 'open' AND c.probing_since IS NOT NULL)
-                    OR (c.state = 'closed' AND c.consecutive_failures >= $6))
-             RETURNING b.origin, b.consecutive_failures, b.next_probe_at, b.last_error)
-         SELECT origin, consecutive_failures, next_probe_at, last_error FROM opened",
+             RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs, b.probing_since",
+        ))
+        .bind(&origins)
+        .bind(&counts)
+        .bind(&errors)
+        .fetch_all(&mut *conn)
+        .await?;
+    let base = cooldown.as_secs_f64();
+    let cap = max_cooldown.max(cooldown).as_secs_f64();
+    let threshold = i32::try_from(threshold).unwrap_or(i32::MAX);
+    let mut to_open: Vec<(String, f64)> = Vec::new();
+    let mut reopened = std::collections::HashSet::new();
+    for (origin, state, failures, cooldown_secs, probing_since) in counted {
+        match state.as_str() {
+            "closed" if failures >= threshold => to_open.push((origin, base)),
+            "open" if probing_since.is_some() => {
+                reopened.insert(origin.clone());
+                to_open.push((origin, (cooldown_secs.unwrap_or(base) * 2.0).min(cap)))
+            }
+            _ => {}
+        }
+    }
+    let open_origins: Vec<&str> = to_open.iter().map(|(o, _)| o.as_str()).collect();
+    let open_secs: Vec<f64> = to_open.iter().map(|(_, c)| *c).collect();
+    let opened: Vec<(String, i32, OffsetDateTime, Option<String>)> = sqlx::query_as(&schema.sql(
+        "UPDATE postback.destinations b
+         SET state = 'open',
+             opened_at = CASE WHEN b.state = 'open' THEN b.opened_at ELSE now() END,
+             cooldown_secs = o.secs,
+             next_probe_at = now() + make_interval(secs => o.secs),
+             probing_since = NULL,
+             hold_secs = $3,
+             updated_at = now()
+         FROM unnest($1::text[], $2::float8[]) AS o(origin, secs)
+         WHERE b.origin = o.origin
+         RETURNING b.origin, b.consecutive_failures, b.next_probe_at, b.last_error",
     ))
-    .bind(&origins)
-    .bind(&counts)
-    .bind(&errors)
-    .bind(cooldown.as_secs_f64())
-    .bind(max_cooldown.max(cooldown).as_secs_f64())
-    .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+    .bind(&open_origins)
+    .bind(&open_secs)
     .bind(give_up.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
@@ -165,6 +181,7 @@ pub async fn record(
     hold(&mut *conn, schema, &origins, give_up).await?;
     for (origin, failures, next_probe_at, last_error) in opened {
         transitions.push(Transition::Opened {
+            reopened: reopened.contains(&origin),
             origin,
             failures,
             next_probe_at,

@@ -10,8 +10,8 @@
 
 pub mod admin;
 pub mod customers;
-pub mod destinations;
 pub mod deliveries;
+pub mod destinations;
 pub mod jobs;
 pub mod settings;
 

@@ -100,3 +100,282 @@ async fn retry_after_beyond_the_cap_waits_only_the_cap() {
         .await;
     assert!(started.elapsed() >= Duration::from_secs(3));
 }
+
+async fn destinations(app: &TestApp, query: &str) -> Vec<Value> {
+    let body = app.get_json(&format!("/v1/destinations{query}")).await;
+    body["destinations"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls until the breaker of `rx`'s origin is in `state`.
+async fn wait_breaker(app: &TestApp, rx: &Receiver, state: &str, limit: Duration) -> Value {
+    let origin = rx.url("").trim_end_matches('/').to_owned();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(d) = destinations(app, "")
+            .await
+            .into_iter()
+            .find(|d| d["origin"] == origin.as_str() && d["state"] == state)
+        {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "breaker of {origin} never {state}: {:?}",
+            destinations(app, "").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn breaker_config(c: &mut postback::Config) {
+    c.breaker_failures = 3;
+    c.breaker_cooldown = Duration::from_secs(1);
+    c.retry_first_delay = Duration::from_secs(1);
+    c.retry_max_delay = Duration::from_secs(4);
+    c.retry_give_up = Duration::from_secs(120);
+}
+
+#[tokio::test]
+async fn a_dead_origin_is_held_probed_once_per_cooldown_and_released_on_recovery() {
+    let events = Receiver::start().await;
+    let events_url = events.url("/events");
+    let app = TestApp::spawn_with(|c| {
+        breaker_config(c);
+        c.operator_webhook = Some(events_url.parse().unwrap());
+    })
+    .await;
+    let dead = Receiver::start().await;
+    dead.always(Answer::status(500));
+    let healthy = Receiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(deliver(&app, dead.url("/d")).await);
+    }
+    let opened = wait_breaker(&app, &dead, "open", Duration::from_secs(10)).await;
+    assert!(
+        opened["consecutiveFailures"].as_i64().unwrap() >= 3,
+        "{opened}"
+    );
+    assert!(opened["nextProbeTime"].is_string() && opened["openedAt"].is_string());
+    // In-flight attempts finish; from then on only probes reach the origin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_open = dead.received().len();
+    // Healthy origins keep flowing while the breaker is open.
+    let mut healthy_latency = Vec::new();
+    for _ in 0..10 {
+        let sent = Instant::now();
+        deliver(&app, healthy.url("/h")).await;
+        healthy
+            .wait_for(healthy_latency.len() + 1, Duration::from_secs(5))
+            .await;
+        healthy_latency.push(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let window = dead.received()[at_open..].to_vec();
+    // About 3.3 s open with cooldowns 1 s then 2 s: one or two probes, each
+    // alone (no second attempt within the cooldown).
+    assert!(
+        !window.is_empty() && window.len() <= 2,
+        "{} attempts reached the dead origin while its breaker was open (expected 1-2 probes)",
+        window.len()
+    );
+    for pair in window.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(900),
+            "probes too close"
+        );
+    }
+    healthy_latency.sort();
+    assert!(
+        healthy_latency[9] < Duration::from_millis(500),
+        "healthy origin slowed down: {healthy_latency:?}"
+    );
+    let listed = destinations(&app, "?state=open").await;
+    let half = destinations(&app, "?state=half_open").await;
+    assert_eq!(listed.len() + half.len(), 1, "{listed:?} {half:?}");
+
+    // The origin recovers: the next probe succeeds, and everything it held
+    // arrives within a second of it.
+    dead.always(Answer::ok());
+    let first_ok = loop {
+        let got = dead.received();
+        if got.len() > at_open + window.len() {
+            break got[at_open + window.len()].at;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for id in &ids {
+        app.wait_delivery(id, Duration::from_secs(10), |v| v["status"] == "delivered")
+            .await;
+    }
+    let last = dead.received().iter().map(|r| r.at).max().unwrap();
+    assert!(
+        last - first_ok < Duration::from_millis(1500),
+        "held deliveries took {:?} after the successful probe",
+        last - first_ok
+    );
+    wait_breaker(&app, &dead, "closed", Duration::from_secs(5)).await;
+
+    // The operator heard about both transitions, signed like any callback.
+    let got = events.wait_for(2, Duration::from_secs(10)).await;
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"destination.opened".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"destination.closed".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(got
+        .iter()
+        .all(|r| r.headers.contains_key("webhook-signature")));
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("postback_operator_events_total{type=\"destination.opened\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("operator_events"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test]
+async fn two_workers_share_one_breaker_and_never_probe_together() {
+    let app = TestApp::spawn_with(breaker_config).await;
+    let mut worker_config = app.config.clone();
+    worker_config.listen = "127.0.0.1:0".parse().unwrap();
+    worker_config.database_url = Some(app.database_url.clone());
+    let worker = postback::runtime::Process::start(worker_config, postback::runtime::Role::Worker)
+        .await
+        .expect("worker starts");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker_task = tokio::spawn(worker.run(stop.clone()));
+    let dead = Receiver::start().await;
+    dead.always(Answer::status(503));
+    for _ in 0..20 {
+        deliver(&app, dead.url("/d")).await;
+    }
+    wait_breaker(&app, &dead, "open", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_open = dead.received().len();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let window = dead.received()[at_open..].to_vec();
+    assert!(
+        !window.is_empty() && window.len() <= 2,
+        "{} attempts while open across two processes (expected 1-2 probes)",
+        window.len()
+    );
+    for pair in window.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(900),
+            "two probes together"
+        );
+    }
+    stop.cancel();
+    worker_task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn destinations_are_listed_and_reset_by_hand() {
+    let app = TestApp::spawn_with(|c| {
+        breaker_config(c);
+        c.breaker_cooldown = Duration::from_secs(60);
+    })
+    .await;
+    let dead = Receiver::start().await;
+    dead.always(Answer::status(500));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(deliver(&app, dead.url("/d")).await);
+    }
+    wait_breaker(&app, &dead, "open", Duration::from_secs(10)).await;
+    let origin = dead.url("").trim_end_matches('/').to_owned();
+    // Bad input.
+    let bad = app.get("/v1/destinations?state=broken").await;
+    assert_eq!(bad.status(), 400);
+    for (body, status) in [
+        (json!({"origin": "not a url"}), 400),
+        (json!({"origin": "ftp://x"}), 400),
+        (json!({"origin": "https://never-failed.example:443"}), 404),
+    ] {
+        let r = app.post("/v1/destinations/reset", body.clone()).await;
+        assert_eq!(r.status().as_u16(), status, "{body}");
+    }
+    // The receiver is back; an operator closes the breaker without waiting
+    // a minute for the probe, and every held delivery goes at once.
+    dead.always(Answer::ok());
+    let before = Instant::now();
+    let r = app
+        .post("/v1/destinations/reset", json!({"origin": origin}))
+        .await;
+    assert_eq!(r.status(), 200);
+    for id in &ids {
+        app.wait_delivery(id, Duration::from_secs(5), |v| v["status"] == "delivered")
+            .await;
+    }
+    assert!(
+        before.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        before.elapsed()
+    );
+    let closed = destinations(&app, "?state=closed").await;
+    assert!(
+        closed.iter().any(|d| d["origin"] == origin.as_str()),
+        "{closed:?}"
+    );
+    assert!(destinations(&app, "?state=open").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
+    let app = TestApp::spawn_with(|c| {
+        breaker_config(c);
+        c.breaker_cooldown = Duration::from_secs(60);
+        c.retry_give_up = Duration::from_secs(4);
+    })
+    .await;
+    let dead = Receiver::start().await;
+    dead.always(Answer::status(500));
+    let started = Instant::now();
+    let id = deliver(&app, dead.url("/h")).await;
+    for _ in 0..3 {
+        deliver(&app, dead.url("/other")).await;
+    }
+    wait_breaker(&app, &dead, "open", Duration::from_secs(10)).await;
+    let view = app
+        .wait_delivery(&id, Duration::from_secs(12), |v| v["status"] == "failed")
+        .await;
+    let last = view["attempts"].as_array().unwrap().last().unwrap().clone();
+    let first = view["attempts"][0]["startedAt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let gap = parse(last["startedAt"].as_str().unwrap()) - parse(&first);
+    assert!(
+        gap >= time::Duration::milliseconds(3500) && gap <= time::Duration::seconds(6),
+        "the last attempt was {gap} after the first; the horizon is 4 s: {view:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+}
