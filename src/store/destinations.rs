@@ -48,6 +48,10 @@ pub struct OriginOutcomes {
     pub last_error: Option<String>,
 }
 
+/// A breaker after its failures were counted: origin, state, failures,
+/// cooldown, probing since.
+type Counted = (String, String, i32, Option<f64>, Option<OffsetDateTime>);
+
 /// A breaker that changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
@@ -127,7 +131,7 @@ pub async fn record(
     // open one whose probe failed with the cooldown doubled. (A failure of an
     // attempt that started before the breaker opened changes nothing.)
     // Two statements: one statement cannot update a row twice.
-    let counted: Vec<(String, String, i32, Option<f64>, Option<OffsetDateTime>)> =
+    let counted: Vec<Counted> =
         sqlx::query_as(&schema.sql(
             "INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
              SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
