@@ -6,7 +6,7 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Schema;
+use super::{Schema, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::Method;
 use crate::state::{DeliveryKind, DeliveryState};
@@ -57,9 +57,11 @@ pub struct DeliveryLine {
     pub next_attempt_time: Option<OffsetDateTime>,
 }
 
+/// The filter of [`list`]; `{state}` is [`super::SHOWN_STATE_SQL`] (an
+/// orphaned lease is listed, filtered and replayed as `pending`).
 const FILTER_SQL: &str = "FROM postback.deliveries d
      WHERE d.expires_at > now()
-       AND ($1::text IS NULL OR d.state = $1)
+       AND ($1::text IS NULL OR {state} = $1)
        AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
        AND ($3::text IS NULL OR d.host = lower($3))
        AND ($4::text IS NULL OR d.job_id = $4)";
@@ -91,10 +93,11 @@ async fn list_ordered<'e, E: PgExecutor<'e>>(
     order: &'static str,
 ) -> Result<Vec<DeliveryLine>> {
     let sql = format!(
-        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, d.state AS status, d.attempts,
+        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, {SHOWN_STATE_SQL} AS status, d.attempts,
                 d.last_status_code, d.last_error, d.queued_at,
-                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_time
-         {FILTER_SQL} ORDER BY {order} LIMIT $5"
+                {SHOWN_NEXT_SQL} AS next_attempt_time
+         {filter} ORDER BY {order} LIMIT $5",
+        filter = FILTER_SQL.replace("{state}", SHOWN_STATE_SQL),
     );
     Ok(sqlx::query_as(&schema.sql(&sql))
         .bind(filter.status)

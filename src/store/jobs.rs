@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
-use super::Schema;
+use super::{Schema, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::CallbackStatus;
 use crate::state::JobState;
@@ -106,15 +106,16 @@ pub async fn callback_statuses<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     id: &str,
 ) -> Result<Vec<CallbackStatus>> {
-    Ok(sqlx::query_as(&schema.sql(
-        "SELECT id AS delivery_id, url, method, kind, state AS status, attempts,
-                last_attempt_at AS last_attempt_time, last_status_code,
-                CASE WHEN state = 'pending' THEN next_attempt_at END AS next_attempt_time
-         FROM postback.deliveries WHERE job_id = $1 ORDER BY id",
-    ))
-    .bind(id)
-    .fetch_all(db)
-    .await?)
+    let sql = format!(
+        "SELECT d.id AS delivery_id, d.url, d.method, d.kind, {SHOWN_STATE_SQL} AS status, d.attempts,
+                d.last_attempt_at AS last_attempt_time, d.last_status_code,
+                {SHOWN_NEXT_SQL} AS next_attempt_time
+         FROM postback.deliveries d WHERE d.job_id = $1 ORDER BY d.id"
+    );
+    Ok(sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .fetch_all(db)
+        .await?)
 }
 
 /// When job `id` expired, if it was purged (and its tombstone is kept).

@@ -23,6 +23,17 @@ use sqlx::{Acquire, PgPool, Postgres};
 
 use crate::error::{is_connectivity, Result};
 
+/// The state a delivery row `d` is shown in. A `delivering` row whose lease
+/// ran out has lost its worker (it died): it is due like any pending row, so
+/// every read, filter and replay treats it as `pending` (SPEC §4: "a delivery
+/// whose lease ran out counts as due").
+pub const SHOWN_STATE_SQL: &str = "(CASE WHEN d.state = 'delivering' AND d.next_attempt_at <= now() THEN 'pending' ELSE d.state END)";
+
+/// The next attempt time of a row `d` as shown: the due time of a pending
+/// row, and of an orphaned lease (already due); none while an attempt runs
+/// or once final.
+pub const SHOWN_NEXT_SQL: &str = "(CASE WHEN d.state = 'pending' OR (d.state = 'delivering' AND d.next_attempt_at <= now()) THEN d.next_attempt_at END)";
+
 /// Migrations embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

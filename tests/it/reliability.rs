@@ -1,0 +1,99 @@
+//! Issue 15: reliability. Nothing accepted is dropped or hidden: orphaned
+//! leases are due everywhere, a 2xx is final once its headers arrive,
+//! retention never removes a delivery still being retried, due times come
+//! from the database's clock, the gauges go away while the database does,
+//! a failed start stops its private cluster, and fairness counts a host
+//! however it is spelled.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{Receiver, TestApp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postback");
+
+/// Queues one generic delivery to `url` and returns its id.
+async fn enqueue(app: &TestApp, url: &str) -> String {
+    let response = app
+        .post("/v1/deliveries", json!({"url": url, "json": {"n": 1}}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("json");
+    body["deliveryId"].as_str().expect("id").to_owned()
+}
+
+/// Makes delivery `id` look like its worker died mid-attempt: leased, with
+/// the lease run out `ago` seconds back.
+async fn orphan(app: &TestApp, id: &str, ago: i32) {
+    sqlx::query(
+        "UPDATE postback.deliveries SET state = 'delivering', lease = gen_random_uuid(),
+                next_attempt_at = now() - make_interval(secs => $2), attempts = 1
+         WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .bind(f64::from(ago))
+    .execute(&app.pool)
+    .await
+    .expect("orphan the delivery");
+}
+
+// ------------------------------------------------------- 6. orphaned leases
+
+#[tokio::test]
+async fn an_orphaned_lease_is_due_everywhere_replayable_listed_and_counted() {
+    // No workers: nothing claims the orphan while we look at it.
+    let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+    let receiver = Receiver::start().await;
+    let id = enqueue(&app, &receiver.url("/orphan")).await;
+    orphan(&app, &id, 60).await;
+
+    // Shown as due (pending, with its due time), on the API and the CLI.
+    let view = app.get_json(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(view["status"], "pending", "{view:#}");
+    assert!(!view["nextAttemptTime"].is_null(), "{view:#}");
+    let out = Command::new(BIN)
+        .args(["deliveries", "list", "--status", "pending", "--json"])
+        .env("DATABASE_URL", &app.database_url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run postback");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&id), "orphan not listed as pending: {text}");
+
+    // The gauges count it as due, aged from its lease expiry.
+    let depth = postback::metrics::queue_depth(&app.pool, &postback::Schema::default())
+        .await
+        .expect("queue depth");
+    assert_eq!((depth.due, depth.in_flight), (1, 0), "{depth:?}");
+    assert!(depth.oldest >= 59.0, "{depth:?}");
+
+    // Replay is allowed: the worker that held it is gone.
+    let response = app
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    let lease: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT lease FROM postback.deliveries WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("read lease");
+    assert_eq!(lease, None, "replay must drop the dead worker's lease");
+
+    // A lease that still runs is an attempt in flight: that one is refused.
+    sqlx::query(
+        "UPDATE postback.deliveries SET state = 'delivering', lease = gen_random_uuid(),
+                next_attempt_at = now() + interval '1 minute' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .expect("lease");
+    let response = app
+        .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
+        .await;
+    assert_eq!(response.status(), 409);
+    app.stop().await;
+}
