@@ -6,6 +6,7 @@
 //! however it is spelled.
 
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -95,5 +96,94 @@ async fn an_orphaned_lease_is_due_everywhere_replayable_listed_and_counted() {
         .post(&format!("/v1/deliveries/{id}/replay"), json!({}))
         .await;
     assert_eq!(response.status(), 409);
+    app.stop().await;
+}
+
+// ------------------------------------------ 7. a 2xx whose body stalls
+
+/// A loopback receiver that reads each request, answers `200` with a
+/// `Content-Length` of 100 and 7 bytes of body, then stalls the rest for
+/// a minute. Returns its address and the count of requests it got.
+async fn stalling_receiver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then the body its Content-Length announces.
+                let (head_end, length) = loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buf.len() < head_end + length {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                    .await;
+                let _ = socket.flush().await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_stalls_is_delivered_once_and_quickly() {
+    let (addr, count) = stalling_receiver().await;
+    // The attempt timeout is far longer than the snippet's own bound: the
+    // old code waited for it, recorded a timeout and sent again.
+    let app = TestApp::spawn_with(|c| c.attempt_timeout = Duration::from_secs(8)).await;
+    let started = Instant::now();
+    let id = enqueue(&app, &format!("http://{addr}/stall")).await;
+    let view = app
+        .wait_delivery(&id, Duration::from_secs(6), |v| v["status"] == "delivered")
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        view["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{view:#}"
+    );
+    let attempt = &view["attempts"][0];
+    assert_eq!(attempt["statusCode"], 200, "{view:#}");
+    assert!(attempt["error"].is_null(), "{view:#}");
+    assert_eq!(attempt["responseSnippet"], "partial", "{view:#}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     app.stop().await;
 }
