@@ -28,6 +28,7 @@ pub const FLUSH_BATCH: usize = 1024;
 pub async fn run(
     pool: PgPool,
     schema: Schema,
+    retain: Duration,
     mut rx: UnboundedReceiver<Completion>,
     waker: Waker,
     stop: CancellationToken,
@@ -46,15 +47,15 @@ pub async fn run(
                 while let Ok(c) = rx.try_recv() {
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
-                        flush(&pool, &schema, &batch).await;
+                        flush(&pool, &schema, retain, &batch).await;
                         batch.clear();
                     }
                 }
-                flush(&pool, &schema, &batch).await;
+                flush(&pool, &schema, retain, &batch).await;
                 return;
             }
         }
-        flush(&pool, &schema, &batch).await;
+        flush(&pool, &schema, retain, &batch).await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
         // claim (and an idle query) per flush for nothing under load.
@@ -86,11 +87,12 @@ const FLUSH_GIVE_UP: Duration = Duration::from_secs(180);
 /// the database coming back.
 const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
+/// Writes `batch`; final deliveries are kept for `retain` (the TTL).
+async fn flush(pool: &PgPool, schema: &Schema, retain: Duration, batch: &[Completion]) {
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
-        match claim::complete(pool, schema, batch).await {
+        match claim::complete(pool, schema, batch, retain).await {
             Ok(written) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(
@@ -105,7 +107,7 @@ async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
                 // others: write them one by one.
                 tracing::warn!(%err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
-                    Box::pin(flush(pool, schema, std::slice::from_ref(one))).await;
+                    Box::pin(flush(pool, schema, retain, std::slice::from_ref(one))).await;
                 }
                 return;
             }

@@ -58,6 +58,8 @@ pub struct Dispatcher {
     schema: Schema,
     engine: Engine,
     lease: Duration,
+    /// How long a final delivery is kept (`POSTBACK_JOB_TTL`).
+    retain: Duration,
     waker: Waker,
     handoff: Handoff,
     handed_off: handoff::Receiver,
@@ -143,6 +145,7 @@ impl Dispatcher {
             },
             done_rx,
             lease,
+            retain: config.job_ttl,
             waker,
             handoff,
             handed_off,
@@ -170,6 +173,7 @@ impl Dispatcher {
             schema,
             engine,
             lease,
+            retain,
             waker,
             handoff,
             handed_off,
@@ -181,6 +185,7 @@ impl Dispatcher {
         let completer = tokio::spawn(completer::run(
             pool.clone(),
             schema.clone(),
+            retain,
             done_rx,
             waker.clone(),
             helpers.clone(),

@@ -336,8 +336,8 @@ impl Postback {
     {
         let mut conn = db.acquire().await?;
         match store::deliveries::find(&mut conn, &self.schema, id).await? {
-            Some((view, expires_at)) if expires_at > OffsetDateTime::now_utc() => Ok(view),
-            _ => Err(Error::NotFound {
+            Some(view) => Ok(view),
+            None => Err(Error::NotFound {
                 what: "delivery",
                 id: id.to_string(),
             }),

@@ -214,10 +214,15 @@ pub struct Completion {
 /// INSERT of the attempts, in one statement. Returns how many rows still
 /// held their lease (the others were re-claimed after a lease expiry and
 /// are left alone).
+///
+/// A delivery that becomes final is kept for `retain` (`POSTBACK_JOB_TTL`)
+/// from now, or until its job's expiry if that is later (SPEC §3): its
+/// `expires_at` moves to the later of the two.
 pub async fn complete<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     batch: &[Completion],
+    retain: std::time::Duration,
 ) -> Result<u64> {
     if batch.is_empty() {
         return Ok(0);
@@ -250,7 +255,10 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
                  last_attempt_at = u.started_at,
                  last_status_code = u.status_code,
                  last_error = u.error,
-                 completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END
+                 completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END,
+                 expires_at = CASE WHEN u.state IN ('delivered', 'failed')
+                                   THEN greatest(d.expires_at, now() + make_interval(secs => $10))
+                                   ELSE d.expires_at END
              FROM u WHERE d.id = u.id AND d.lease = u.lease
              RETURNING d.id, d.attempts),
          ins AS (
@@ -269,6 +277,7 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     .bind(&codes)
     .bind(&errors)
     .bind(&snippets)
+    .bind(retain.as_secs_f64())
     .fetch_one(db)
     .await?;
     Ok(n.max(0) as u64)

@@ -6,7 +6,7 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Schema, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
+use super::{Schema, LIVE_SQL, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::Method;
 use crate::state::{DeliveryKind, DeliveryState};
@@ -60,7 +60,7 @@ pub struct DeliveryLine {
 /// The filter of [`list`]; `{state}` is [`super::SHOWN_STATE_SQL`] (an
 /// orphaned lease is listed, filtered and replayed as `pending`).
 const FILTER_SQL: &str = "FROM postback.deliveries d
-     WHERE d.expires_at > now()
+     WHERE {live}
        AND ($1::text IS NULL OR {state} = $1)
        AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
        AND ($3::text IS NULL OR d.host = lower($3))
@@ -97,7 +97,9 @@ async fn list_ordered<'e, E: PgExecutor<'e>>(
                 d.last_status_code, d.last_error, d.queued_at,
                 {SHOWN_NEXT_SQL} AS next_attempt_time
          {filter} ORDER BY {order} LIMIT $5",
-        filter = FILTER_SQL.replace("{state}", SHOWN_STATE_SQL),
+        filter = FILTER_SQL
+            .replace("{state}", SHOWN_STATE_SQL)
+            .replace("{live}", LIVE_SQL),
     );
     Ok(sqlx::query_as(&schema.sql(&sql))
         .bind(filter.status)
@@ -121,31 +123,46 @@ pub struct Purged {
     pub deliveries: u64,
 }
 
-/// Deletes up to `batch` expired jobs and `batch` expired generic
-/// deliveries; call until it returns zeros.
+/// Deletes up to `batch` expired deliveries and `batch` expired jobs; call
+/// until it returns zeros.
+///
+/// Retention (SPEC §3): only a final delivery goes, once its `expires_at`
+/// (the later of its job's expiry and its final time plus the TTL, set by
+/// completion) has passed; a delivery still being retried stays however old
+/// its job is. A job goes once it expired and none of its deliveries is
+/// left ("the job stays while any of its deliveries does"); polling answers
+/// `job_expired` for it meanwhile, from its own expiry.
 pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     db: E,
     schema: &Schema,
     batch: i64,
 ) -> Result<Purged> {
-    // A purged job leaves a tombstone, so polling it still answers
-    // `job_expired`; tombstones themselves go after TOMBSTONE_DAYS.
-    let jobs = sqlx::query(&schema.sql(
-        "WITH gone AS (
-             DELETE FROM postback.jobs WHERE id IN (
-                 SELECT id FROM postback.jobs WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, expires_at)
-         INSERT INTO postback.job_tombstones (id, expired_at)
-         SELECT id, expires_at FROM gone
-         ON CONFLICT (id) DO UPDATE SET expired_at = EXCLUDED.expired_at, purged_at = now()",
+    let deliveries = sqlx::query(&schema.sql(
+        "DELETE FROM postback.deliveries WHERE id IN (
+             SELECT id FROM postback.deliveries
+             WHERE expires_at <= now() AND state IN ('delivered', 'failed')
+             LIMIT $1 FOR UPDATE SKIP LOCKED)",
     ))
     .bind(batch)
     .execute(db)
     .await?
     .rows_affected();
-    let deliveries = sqlx::query(&schema.sql(
-        "DELETE FROM postback.deliveries WHERE id IN (
-             SELECT id FROM postback.deliveries WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    // A purged job leaves a tombstone, so polling it still answers
+    // `job_expired`; tombstones themselves go after TOMBSTONE_DAYS. The
+    // deliveries of a job are locked with it (FOR UPDATE OF j waits for no
+    // one: a result being posted holds the job row, and is refused anyway
+    // once the job expired).
+    let jobs = sqlx::query(&schema.sql(
+        "WITH gone AS (
+             DELETE FROM postback.jobs WHERE id IN (
+                 SELECT j.id FROM postback.jobs j
+                 WHERE j.expires_at <= now()
+                   AND NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.job_id = j.id)
+                 LIMIT $1 FOR UPDATE OF j SKIP LOCKED)
+             RETURNING id, expires_at)
+         INSERT INTO postback.job_tombstones (id, expired_at)
+         SELECT id, expires_at FROM gone
+         ON CONFLICT (id) DO UPDATE SET expired_at = EXCLUDED.expired_at, purged_at = now()",
     ))
     .bind(batch)
     .execute(db)

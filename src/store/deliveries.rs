@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Schema, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
+use super::{Schema, LIVE_SQL, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::{AttemptView, DeliveryView, Method};
 use crate::state::{DeliveryKind, DeliveryState};
@@ -38,7 +38,9 @@ pub struct NewDelivery {
     pub body: Option<Vec<u8>>,
     /// File to stream (media).
     pub file_path: Option<String>,
-    /// When the delivery is forgotten.
+    /// The earliest it may be forgotten: its job's expiry (creation + TTL
+    /// for a generic one). It is never forgotten before it is final, and
+    /// completion moves this to its final time + TTL when that is later.
     pub expires_at: OffsetDateTime,
 }
 
@@ -179,23 +181,22 @@ struct DeliveryRow {
     queued_at: OffsetDateTime,
     next_attempt_at: Option<OffsetDateTime>,
     completed_at: Option<OffsetDateTime>,
-    expires_at: OffsetDateTime,
     content_type: String,
     headers: Value,
 }
 
-/// The delivery `id` with every attempt, and when it expires.
+/// The delivery `id` with every attempt, unless retention let it go.
 pub async fn find(
     conn: &mut PgConnection,
     schema: &Schema,
     id: Uuid,
-) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
+) -> Result<Option<DeliveryView>> {
     let sql = format!(
         "SELECT d.id, d.job_id, d.kind, d.url, d.method, {SHOWN_STATE_SQL} AS state, d.attempts, d.queued_at,
                 {SHOWN_NEXT_SQL} AS next_attempt_at,
-                d.completed_at, d.expires_at, p.content_type, p.headers
+                d.completed_at, p.content_type, p.headers
          FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id
-         WHERE d.id = $1"
+         WHERE d.id = $1 AND {LIVE_SQL}"
     );
     let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(&sql))
         .bind(id)
@@ -218,7 +219,7 @@ pub async fn find(
         completed_at: row.completed_at,
         attempts,
     };
-    Ok(Some((view, row.expires_at)))
+    Ok(Some(view))
 }
 
 /// Every attempt of delivery `id`, oldest first.
@@ -255,10 +256,10 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
     id: Uuid,
     due: OffsetDateTime,
 ) -> Result<Replayed> {
-    let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(
+    let sql = format!(
         "WITH target AS (
-             SELECT id, state, next_attempt_at FROM postback.deliveries
-             WHERE id = $1 AND expires_at > now() FOR UPDATE),
+             SELECT d.id, d.state, d.next_attempt_at FROM postback.deliveries d
+             WHERE d.id = $1 AND {LIVE_SQL} FOR UPDATE),
          upd AS (
              UPDATE postback.deliveries d
              SET state = 'pending', next_attempt_at = $2, lease = NULL,
@@ -269,12 +270,13 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
                -- lost its worker, and that delivery is due like a pending one.
                AND (target.state <> 'delivering' OR target.next_attempt_at <= now())
              RETURNING d.id)
-         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated",
-    ))
-    .bind(id)
-    .bind(due)
-    .fetch_one(db)
-    .await?;
+         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated"
+    );
+    let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .bind(due)
+        .fetch_one(db)
+        .await?;
     Ok(match (state, updated) {
         (None, _) => Replayed::Missing,
         (Some(_), 0) => Replayed::InFlight,

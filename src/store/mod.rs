@@ -34,6 +34,12 @@ pub const SHOWN_STATE_SQL: &str = "(CASE WHEN d.state = 'delivering' AND d.next_
 /// or once final.
 pub const SHOWN_NEXT_SQL: &str = "(CASE WHEN d.state = 'pending' OR (d.state = 'delivering' AND d.next_attempt_at <= now()) THEN d.next_attempt_at END)";
 
+/// True for a row `d` that retention keeps (SPEC §3): every delivery that is
+/// not final (whatever its `expires_at`: a delivery still being retried is
+/// never expired), and a final one until its `expires_at`, which completion
+/// moved to the later of its job's expiry and its final time plus the TTL.
+pub const LIVE_SQL: &str = "(d.state NOT IN ('delivered', 'failed') OR d.expires_at > now())";
+
 /// Migrations embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -187,3 +187,115 @@ async fn a_2xx_whose_body_stalls_is_delivered_once_and_quickly() {
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     app.stop().await;
 }
+
+// ------------------------------------------------------------- 1. retention
+
+async fn purge(app: &TestApp) -> postback::store::admin::Purged {
+    postback::store::admin::purge_expired(&app.pool, &postback::Schema::default(), 100)
+        .await
+        .expect("purge")
+}
+
+async fn rows_of_job(app: &TestApp, job: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM postback.jobs WHERE id = $1),
+                (SELECT count(*) FROM postback.deliveries WHERE job_id = $1),
+                (SELECT count(*) FROM postback.attempts a JOIN postback.deliveries d
+                    ON d.id = a.delivery_id WHERE d.job_id = $1)",
+    )
+    .bind(job)
+    .fetch_one(&app.pool)
+    .await
+    .expect("count rows")
+}
+
+#[tokio::test]
+async fn retention_keeps_a_delivery_being_retried_past_its_jobs_expiry_then_lets_it_go() {
+    let receiver = Receiver::start().await;
+    receiver.always(crate::helpers::Answer::status(503));
+    let app = TestApp::spawn_with(|c| {
+        // Long enough a cycle that the delivery is still being retried.
+        c.retry_first_delay = Duration::from_secs(1);
+        c.retry_give_up = Duration::from_secs(60);
+        c.job_ttl = Duration::from_secs(3600);
+    })
+    .await;
+    let job = "late";
+    let body = json!({"jobId": job, "publish": {"callbacks": [{"url": receiver.url("/cb")}]}});
+    assert_eq!(app.post("/v1/jobs", body).await.status(), 201);
+    let result = json!({"status": "finished", "result": {"transcript": {"words": []}}});
+    let posted = app.post(&format!("/v1/jobs/{job}/result"), result).await;
+    assert_eq!(posted.status(), 200);
+    // The first attempt and both immediate retries failed; the next is due.
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+
+    // The job's expirationTime passes while its delivery is still retried.
+    sqlx::query("UPDATE postback.jobs SET expires_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(job)
+        .execute(&app.pool)
+        .await
+        .expect("age the job");
+    sqlx::query(
+        "UPDATE postback.deliveries SET expires_at = now() - interval '1 minute' WHERE job_id = $1",
+    )
+    .bind(job)
+    .execute(&app.pool)
+    .await
+    .expect("age its delivery");
+    let purged = purge(&app).await;
+    assert_eq!((purged.jobs, purged.deliveries), (0, 0), "{purged:?}");
+    let (jobs, deliveries, attempts) = rows_of_job(&app, job).await;
+    assert_eq!(
+        (jobs, deliveries),
+        (1, 1),
+        "the purge removed a delivery being retried"
+    );
+    assert!(attempts >= 3, "{attempts} attempts kept");
+    // Polling the job answers job_expired from its own expiry meanwhile...
+    let polled = app.get(&format!("/v1/jobs/{job}")).await;
+    assert_eq!(polled.status(), 404);
+    let polled: Value = polled.json().await.expect("json");
+    assert_eq!(polled["error"]["code"], "job_expired");
+    // ...while the delivery itself stays visible.
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM postback.deliveries WHERE job_id = $1")
+        .bind(job)
+        .fetch_one(&app.pool)
+        .await
+        .expect("id");
+    let view = app.get_json(&format!("/v1/deliveries/{id}")).await;
+    assert_ne!(view["status"], "delivered");
+
+    // It is delivered: now it is kept TTL from its final time, not its job's.
+    receiver.always(crate::helpers::Answer::ok());
+    app.wait_delivery(&id.to_string(), Duration::from_secs(10), |v| {
+        v["status"] == "delivered"
+    })
+    .await;
+    let kept: bool = sqlx::query_scalar(
+        "SELECT expires_at = completed_at + interval '1 hour' FROM postback.deliveries WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("expiry");
+    assert!(kept, "a final delivery expires at its final time + TTL");
+    let purged = purge(&app).await;
+    assert_eq!((purged.jobs, purged.deliveries), (0, 0), "{purged:?}");
+
+    // An hour later (simulated), it goes, and its job with it.
+    sqlx::query(
+        "UPDATE postback.deliveries SET completed_at = completed_at - interval '61 minutes',
+                expires_at = expires_at - interval '61 minutes' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .expect("age the final delivery");
+    let purged = purge(&app).await;
+    assert_eq!((purged.jobs, purged.deliveries), (1, 1), "{purged:?}");
+    assert_eq!(rows_of_job(&app, job).await, (0, 0, 0));
+    let polled = app.get(&format!("/v1/jobs/{job}")).await;
+    let polled: Value = polled.json().await.expect("json");
+    assert_eq!(polled["error"]["code"], "job_expired");
+    app.stop().await;
+}
