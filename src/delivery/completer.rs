@@ -66,10 +66,14 @@ pub async fn run(
     }
 }
 
+/// A retry due when (or within a second after) its attempt ended. Judged
+/// from the completion's own times, which are on the database's clock, not
+/// against this process's clock.
 fn is_due_now(c: &Completion) -> bool {
+    let ended = c.started_at + time::Duration::milliseconds(i64::from(c.duration_ms));
     c.state == DeliveryState::Pending
         && c.next_attempt_at
-            .is_some_and(|at| at <= time::OffsetDateTime::now_utc())
+            .is_some_and(|at| at <= ended + time::Duration::SECOND)
 }
 
 /// Connectivity errors arrive as [`Error::Unavailable`] (see the `From`

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,7 +33,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::error::Result;
 use crate::queue::claim::{self, Claimed, Completion};
-use crate::queue::{handoff, wake, Capacity, Handoff, Room, Waker};
+use crate::queue::{handoff, wake, Capacity, DbClock, Handoff, Room, Waker};
 use crate::schedule::{next_attempt, Next, RetryPolicy};
 use crate::signing::SigningSecret;
 use crate::state::{Completed, DeliveryState};
@@ -73,6 +72,8 @@ struct Engine {
     sender: Arc<Sender>,
     retry: RetryPolicy,
     capacity: Capacity,
+    /// The database's clock: due times are written on it.
+    clock: DbClock,
     done: mpsc::UnboundedSender<Completion>,
 }
 
@@ -83,12 +84,13 @@ impl Engine {
         let sender = self.sender.clone();
         let done = self.done.clone();
         let retry = self.retry;
+        let clock = self.clock.clone();
         let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
                 let report = sender.attempt(&d).await;
                 drop(room);
-                let completion = completion_for(&d, &report, &retry);
+                let completion = completion_for(&d, &report, &retry, &clock);
                 record_metrics(&d, &report, &completion);
                 let _ = done.send(completion);
             }
@@ -133,7 +135,8 @@ impl Dispatcher {
         // Long enough that a live worker always completes first: the
         // attempt itself is bounded by the timeout, the rest is slack.
         let lease = config.attempt_timeout * 2 + Duration::from_secs(30);
-        let (handoff, handed_off) = handoff::channel(capacity.clone(), lease);
+        let clock = DbClock::default();
+        let (handoff, handed_off) = handoff::channel(capacity.clone(), lease, clock.clone());
         Ok(Dispatcher {
             pool,
             schema: Schema::new(config.db_schema.clone()),
@@ -141,6 +144,7 @@ impl Dispatcher {
                 sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
                 retry: config.retry_policy(),
                 capacity,
+                clock,
                 done,
             },
             done_rx,
@@ -303,6 +307,9 @@ impl ClaimLoop {
             room,
         )
         .await?;
+        if let Some(first) = claimed.first() {
+            self.engine.clock.observe(first.claimed_at);
+        }
         self.backoff = None;
         Ok(claimed)
     }
@@ -342,9 +349,7 @@ impl ClaimLoop {
         if items.is_empty() {
             return;
         }
-        if let Err(err) =
-            claim::release(&self.pool, &self.schema, items, OffsetDateTime::now_utc()).await
-        {
+        if let Err(err) = claim::release(&self.pool, &self.schema, items).await {
             tracing::warn!(%err, n = items.len(), "could not release claimed deliveries; their lease will expire");
         }
     }
@@ -352,11 +357,17 @@ impl ClaimLoop {
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
         let full = self.engine.capacity.hosts().full_hosts();
+        // Measured on the database's clock, which decides when it is due.
         let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
-            Ok(Some(at)) => Duration::try_from(at - OffsetDateTime::now_utc())
-                .unwrap_or(Duration::ZERO)
-                .min(IDLE_POLL),
-            _ => IDLE_POLL,
+            Ok((next, db_now)) => {
+                self.engine.clock.observe(db_now);
+                next.map_or(IDLE_POLL, |at| {
+                    Duration::try_from(at - db_now)
+                        .unwrap_or(Duration::ZERO)
+                        .min(IDLE_POLL)
+                })
+            }
+            Err(_) => IDLE_POLL,
         };
         // Zero: due work of hosts with room exists but was not ours (rows
         // locked by other workers' claims): back off briefly instead of
@@ -375,13 +386,25 @@ impl ClaimLoop {
 }
 
 /// The delivery's next state after `report`, per the retry schedule.
-pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) -> Completion {
+///
+/// The schedule is a pure function; its inputs are on the database's clock
+/// (`clock`, as read at the claim): the stored cycle start already is, and
+/// the attempt's start is moved onto it. SQL compares the due time written
+/// here with `now()`, so an immediate retry is due at once whatever this
+/// process's own clock says.
+pub fn completion_for(
+    d: &Claimed,
+    report: &AttemptReport,
+    retry: &RetryPolicy,
+    clock: &DbClock,
+) -> Completion {
+    let started_at = clock.to_db(report.started_at);
     let (state, next) = if report.outcome == Outcome::Success {
         (DeliveryState::Delivered, None)
     } else {
-        let first = d.cycle_started_at.unwrap_or(report.started_at);
+        let first = d.cycle_started_at.unwrap_or(started_at);
         let made = (d.cycle_attempts.max(0) as u32).saturating_add(1);
-        let failed_at = report.started_at + report.duration;
+        let failed_at = started_at + report.duration;
         match next_attempt(retry, made, first, failed_at) {
             Next::At(at) => (DeliveryState::Pending, Some(at)),
             Next::GiveUp => (DeliveryState::Failed, None),
@@ -392,7 +415,7 @@ pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) 
         lease: d.lease,
         state,
         next_attempt_at: next,
-        started_at: report.started_at,
+        started_at,
         duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
         status_code: report.status_code.map(i32::from),
         error: (report.outcome != Outcome::Success).then(|| report.outcome.as_str()),
@@ -410,7 +433,8 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
         DeliveryState::Delivered => {
             metrics::counter!(m::DELIVERIES_COMPLETED, "result" => Completed::Delivered.as_str())
                 .increment(1);
-            let latency = (report.started_at + report.duration) - d.queued_at;
+            // Both on the database's clock.
+            let latency = (completion.started_at + report.duration) - d.queued_at;
             metrics::histogram!(m::DELIVERY_LATENCY).record(latency.as_seconds_f64().max(0.0));
             tracing::debug!(status = ?report.status_code, "delivered");
         }
@@ -422,5 +446,80 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
         DeliveryState::Pending | DeliveryState::Delivering => {
             tracing::info!(outcome, status = ?report.status_code, next = ?completion.next_attempt_at, "attempt failed; retry scheduled")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Method;
+    use crate::state::DeliveryKind;
+    use time::OffsetDateTime;
+
+    fn claimed(cycle_attempts: i32, cycle_started_at: Option<OffsetDateTime>) -> Claimed {
+        let now = OffsetDateTime::now_utc();
+        Claimed {
+            id: uuid::Uuid::now_v7(),
+            job_id: None,
+            kind: DeliveryKind::Generic,
+            method: Method::Post,
+            url: "http://example.org/".into(),
+            host: "example.org".into(),
+            lease: uuid::Uuid::now_v7(),
+            cycle_attempts,
+            cycle_started_at,
+            queued_at: now,
+            claimed_at: now,
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            auth: None,
+            body: None,
+            file_path: None,
+        }
+    }
+
+    fn failed_now() -> AttemptReport {
+        AttemptReport {
+            started_at: OffsetDateTime::now_utc(),
+            duration: Duration::from_millis(20),
+            outcome: Outcome::HttpError,
+            status_code: Some(503),
+            snippet: None,
+        }
+    }
+
+    /// This process's clock runs an hour ahead of the database's: the
+    /// immediate retry must be due by the database's clock at once, not an
+    /// hour from its point of view (the old code wrote the process's time).
+    #[test]
+    fn due_times_are_written_on_the_database_clock() {
+        use time::Duration as Span;
+        let clock = DbClock::default();
+        let db_now = OffsetDateTime::now_utc() - Span::hours(1);
+        clock.observe(db_now);
+        let retry = RetryPolicy::default();
+
+        let first = completion_for(&claimed(0, None), &failed_now(), &retry, &clock);
+        assert_eq!(first.state, DeliveryState::Pending);
+        let due = first.next_attempt_at.expect("an immediate retry");
+        assert!(
+            (due - db_now).abs() < Span::seconds(5),
+            "immediate retry due at {due}, the database's now is {db_now}"
+        );
+        // The attempt's start (which becomes the cycle's start, and with it
+        // the give-up horizon) is on the database's clock as well.
+        assert!((first.started_at - db_now).abs() < Span::seconds(5));
+
+        // The horizon is the database's: a cycle that started 36 h ago by
+        // the database's clock gives up now, whatever this process thinks.
+        let started = db_now - Span::hours(36);
+        let last = completion_for(&claimed(10, Some(started)), &failed_now(), &retry, &clock);
+        assert_eq!(last.state, DeliveryState::Failed);
+        // ...and one that started 35 h ago by it is still retried.
+        let started = db_now - Span::hours(35);
+        let mid = completion_for(&claimed(3, Some(started)), &failed_now(), &retry, &clock);
+        assert_eq!(mid.state, DeliveryState::Pending);
+        let next = mid.next_attempt_at.expect("a retry");
+        assert!(next <= started + Span::hours(36), "{next} past the horizon");
     }
 }

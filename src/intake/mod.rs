@@ -102,15 +102,6 @@ impl Postback {
         }
     }
 
-    /// `from` + POSTBACK_JOB_TTL, saturating at the latest representable
-    /// time instead of panicking on an absurd TTL.
-    fn expiry(&self, from: OffsetDateTime) -> OffsetDateTime {
-        time::Duration::try_from(self.job_ttl)
-            .ok()
-            .and_then(|ttl| from.checked_add(ttl))
-            .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc())
-    }
-
     /// The schema this handle reads and writes.
     pub fn schema(&self) -> &Schema {
         &self.schema
@@ -143,21 +134,17 @@ impl Postback {
                 spec: spec.clone(),
             })
             .collect();
-        let now = now_millis();
-        let row = JobRow {
+        let row = store::jobs::JobInsert {
             id: id.clone(),
             request: request.clone(),
             metadata: job.metadata.clone(),
             callbacks: serde_json::to_value(&callbacks).unwrap_or(Value::Null),
-            status: JobState::InProgress,
-            result: None,
-            created_at: now,
-            expires_at: self.expiry(now),
         };
         let mut conn = db.acquire().await?;
-        let (stored, created) = store::jobs::insert(&mut conn, &self.schema, &row).await?;
+        let (stored, created) =
+            store::jobs::insert(&mut conn, &self.schema, &row, self.job_ttl).await?;
         if !created {
-            if stored.expires_at <= OffsetDateTime::now_utc() {
+            if stored.expired {
                 return Err(expired(&stored));
             }
             if stored.request != request {
@@ -198,7 +185,7 @@ impl Postback {
         let Some(job) = store::jobs::find(&mut *tx, &self.schema, job_id, true).await? else {
             return Err(self.missing_job(&mut tx, job_id).await);
         };
-        if job.expires_at <= OffsetDateTime::now_utc() {
+        if job.expired {
             return Err(expired(&job));
         }
         if job.status != JobState::InProgress {
@@ -291,7 +278,10 @@ impl Postback {
             auth: None,
             body: Some(body),
             file_path: None,
-            expires_at: self.expiry(now_millis()),
+            // No job: retention counts from its final time alone (SPEC §3),
+            // which completion writes on the database's clock; creation is
+            // only the lower bound.
+            expires_at: now_millis(),
         })
     }
 
@@ -323,7 +313,7 @@ impl Postback {
         let Some(job) = store::jobs::find(&mut *conn, &self.schema, job_id, false).await? else {
             return Err(self.missing_job(&mut conn, job_id).await);
         };
-        if job.expires_at <= OffsetDateTime::now_utc() {
+        if job.expired {
             return Err(expired(&job));
         }
         self.view(&mut conn, job).await
@@ -350,9 +340,7 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let mut tx = db.begin().await?;
-        let outcome =
-            store::deliveries::replay(&mut *tx, &self.schema, id, OffsetDateTime::now_utc())
-                .await?;
+        let outcome = store::deliveries::replay(&mut *tx, &self.schema, id, None).await?;
         match outcome {
             Replayed::Queued => {
                 self.notify_in_tx(&mut tx).await?;

@@ -43,6 +43,9 @@ pub struct Claimed {
     pub cycle_started_at: Option<OffsetDateTime>,
     /// When the delivery was (re)queued.
     pub queued_at: OffsetDateTime,
+    /// The database's `now()` when it was claimed (for a handed-off one,
+    /// the process's estimate of it).
+    pub claimed_at: OffsetDateTime,
     /// Content-Type.
     pub content_type: String,
     /// Caller headers (object of strings).
@@ -58,7 +61,7 @@ pub struct Claimed {
 impl Claimed {
     /// A delivery that intake has just stored already leased with `lease`
     /// (the in-process handoff): the same fields a claim would read back.
-    pub fn fresh(row: NewDelivery, lease: Uuid) -> Self {
+    pub fn fresh(row: NewDelivery, lease: Uuid, claimed_at: OffsetDateTime) -> Self {
         Claimed {
             id: row.id,
             job_id: row.job_id,
@@ -69,7 +72,8 @@ impl Claimed {
             lease,
             cycle_attempts: 0,
             cycle_started_at: None,
-            queued_at: OffsetDateTime::now_utc(),
+            queued_at: claimed_at,
+            claimed_at,
             content_type: row.content_type,
             headers: row.headers,
             auth: row.auth,
@@ -171,7 +175,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
-         SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
+         SELECT c.*, now() AS claimed_at, p.content_type, p.headers, p.auth, p.body, p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
          ORDER BY c.due_at, c.id",
     ))
@@ -277,19 +281,18 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     .bind(&codes)
     .bind(&errors)
     .bind(&snippets)
-    .bind(retain.as_secs_f64())
+    .bind(retain.as_secs_f64().min(crate::store::jobs::MAX_TTL_SECS))
     .fetch_one(db)
     .await?;
     Ok(n.max(0) as u64)
 }
 
 /// Hands claimed deliveries back without an attempt (shutdown, or no room
-/// for their host), due at `due`.
+/// for their host), due at once (the database's now).
 pub async fn release<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     items: &[(Uuid, Uuid)],
-    due: OffsetDateTime,
 ) -> Result<u64> {
     if items.is_empty() {
         return Ok(0);
@@ -297,30 +300,30 @@ pub async fn release<'e, E: PgExecutor<'e>>(
     let ids: Vec<Uuid> = items.iter().map(|i| i.0).collect();
     let leases: Vec<Uuid> = items.iter().map(|i| i.1).collect();
     let done = sqlx::query(&schema.sql(
-        "UPDATE postback.deliveries d SET state = 'pending', next_attempt_at = $3, lease = NULL
+        "UPDATE postback.deliveries d SET state = 'pending', next_attempt_at = now(), lease = NULL
          FROM unnest($1::uuid[], $2::uuid[]) AS u(id, lease)
          WHERE d.id = u.id AND d.lease = u.lease",
     ))
     .bind(&ids)
     .bind(&leases)
-    .bind(due)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
 }
 
 /// The earliest due time in the queue, leases included (a dead worker's
-/// deliveries come back when theirs runs out), to sleep exactly until then.
-/// Hosts in `skip_hosts` (full in this process) are left out: their
-/// deliveries can only be taken once an attempt ends, which wakes the
-/// claim loop anyway.
+/// deliveries come back when theirs runs out), to sleep exactly until then,
+/// with the database's `now()` to measure the wait against (never this
+/// process's clock). Hosts in `skip_hosts` (full in this process) are left
+/// out: their deliveries can only be taken once an attempt ends, which
+/// wakes the claim loop anyway.
 pub async fn next_due<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     skip_hosts: &[String],
-) -> Result<Option<OffsetDateTime>> {
-    let next: Option<OffsetDateTime> = sqlx::query_scalar(&schema.sql(
-        "SELECT min(next_attempt_at) FROM postback.deliveries
+) -> Result<(Option<OffsetDateTime>, OffsetDateTime)> {
+    let next: (Option<OffsetDateTime>, OffsetDateTime) = sqlx::query_as(&schema.sql(
+        "SELECT min(next_attempt_at), now() FROM postback.deliveries
          WHERE next_attempt_at IS NOT NULL AND host <> ALL($1::text[])",
     ))
     .bind(skip_hosts)

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::capacity::{Capacity, Room};
 use super::claim::Claimed;
+use super::clock::DbClock;
 use crate::store::deliveries::NewDelivery;
 
 /// Gives fresh deliveries to this process's engine (cheap to clone).
@@ -32,6 +33,9 @@ use crate::store::deliveries::NewDelivery;
 pub struct Handoff {
     capacity: Capacity,
     lease: Duration,
+    /// A handed-off delivery is "claimed" at its insert, by the database's
+    /// clock as the engine last read it.
+    clock: DbClock,
     engine: mpsc::UnboundedSender<Leased>,
 }
 
@@ -65,13 +69,15 @@ pub struct Leased {
 /// The engine's end of the handoff.
 pub type Receiver = mpsc::UnboundedReceiver<Leased>;
 
-/// A handoff into `capacity`, leasing for `lease`, and the engine's end.
-pub fn channel(capacity: Capacity, lease: Duration) -> (Handoff, Receiver) {
+/// A handoff into `capacity`, leasing for `lease`, on the engine's
+/// `clock`, and the engine's end.
+pub fn channel(capacity: Capacity, lease: Duration, clock: DbClock) -> (Handoff, Receiver) {
     let (engine, rx) = mpsc::unbounded_channel();
     (
         Handoff {
             capacity,
             lease,
+            clock,
             engine,
         },
         rx,
@@ -103,7 +109,7 @@ impl Handoff {
             ..
         } = reservation;
         let leased = Leased {
-            delivery: Claimed::fresh(row, lease),
+            delivery: Claimed::fresh(row, lease, self.clock.now()),
             room,
             in_flight,
         };

@@ -249,12 +249,14 @@ pub enum Replayed {
 }
 
 /// Puts delivery `id` back in the queue for a fresh cycle of the schedule,
-/// due at `due`; keeps its id (receivers dedupe on it) and its history.
+/// due at `due` (a time read from the database's clock), or at the
+/// database's `now()` when `None`; keeps its id (receivers dedupe on it)
+/// and its history.
 pub async fn replay<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     id: Uuid,
-    due: OffsetDateTime,
+    due: Option<OffsetDateTime>,
 ) -> Result<Replayed> {
     let sql = format!(
         "WITH target AS (
@@ -262,7 +264,7 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
              WHERE d.id = $1 AND {LIVE_SQL} FOR UPDATE),
          upd AS (
              UPDATE postback.deliveries d
-             SET state = 'pending', next_attempt_at = $2, lease = NULL,
+             SET state = 'pending', next_attempt_at = coalesce($2, now()), lease = NULL,
                  cycle_attempts = 0, cycle_started_at = NULL,
                  queued_at = now(), completed_at = NULL
              FROM target WHERE d.id = target.id
