@@ -307,6 +307,7 @@ impl ClaimLoop {
             room,
         )
         .await?;
+        crate::metrics::database_reached(true);
         if let Some(first) = claimed.first() {
             self.engine.clock.observe(first.claimed_at);
         }
@@ -324,6 +325,9 @@ impl ClaimLoop {
             .get_or_insert_with(claim_backoff)
             .next()
             .unwrap_or(CLAIM_BACKOFF_MAX);
+        if err.is_unavailable() {
+            crate::metrics::database_reached(false);
+        }
         tracing::warn!(%err, ?wait, "claim failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => Turn::Stop,
