@@ -299,3 +299,175 @@ async fn retention_keeps_a_delivery_being_retried_past_its_jobs_expiry_then_lets
     assert_eq!(polled["error"]["code"], "job_expired");
     app.stop().await;
 }
+
+// -------------------------------------- 4. start-up and the private cluster
+
+/// The binary with none of the caller's Postback settings.
+fn postback_bin() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("POSTBACK_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn postmaster_running(dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until `GET /readyz` on `port` answers 200; panics if `child`
+/// exits first or after a minute.
+fn ready(port: u16, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("serve exited early with {status}");
+        }
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .ok()?;
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).ok()?;
+                Some(buf.starts_with("HTTP/1.1 200"))
+            });
+        if answer == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+}
+
+/// Waits for `child` to exit; kills it and panics after `limit`.
+fn exit_within(child: &mut std::process::Child, limit: Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `serve` on its private cluster in `dir` until ready, then SIGTERM: it
+/// exits 0 and leaves no PostgreSQL running.
+fn serve_round(dir: &std::path::Path, what: &str) {
+    let port = loopback_port();
+    let mut child = postback_bin()
+        .arg("serve")
+        .env("POSTBACK_API_TOKEN", "t")
+        .env("POSTBACK_DATA_DIR", dir)
+        .env("POSTBACK_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    ready(port, &mut child);
+    sigterm(&child);
+    assert_eq!(
+        exit_within(&mut child, Duration::from_secs(60), what),
+        0,
+        "{what}"
+    );
+    assert!(!postmaster_running(dir), "{what}: PostgreSQL left running");
+}
+
+#[test]
+fn a_failed_start_stops_its_private_cluster_and_the_next_start_works() {
+    let dir = std::env::temp_dir().join(format!("pb-h5-{}", uuid::Uuid::new_v4().simple()));
+    // The API address is taken: the start fails after the cluster is up
+    // and migrated (the old code returned there with the server running).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = postback_bin()
+        .arg("serve")
+        .env("POSTBACK_API_TOKEN", "t")
+        .env("POSTBACK_DATA_DIR", &dir)
+        .env("POSTBACK_LISTEN", addr.to_string())
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("POSTBACK_LISTEN"), "{stderr}");
+    assert!(
+        !postmaster_running(&dir),
+        "the failed start left its PostgreSQL running"
+    );
+    drop(taken);
+    serve_round(&dir, "the start after a failed one");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serve_adopts_a_postmaster_left_running_on_its_data_dir() {
+    let dir = std::env::temp_dir().join(format!("pb-h5-{}", uuid::Uuid::new_v4().simple()));
+    // What a crashed serve leaves behind: the server up, holding the lock.
+    postback::pgcluster::Cluster::start(&dir)
+        .expect("start a cluster")
+        .detach();
+    assert!(postmaster_running(&dir));
+    serve_round(&dir, "serve on a data dir with a running server");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_database_stops_the_process() {
+    let nowhere = std::env::temp_dir().join(format!("pb-none-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = postback_bin()
+        .arg("serve")
+        .env("POSTBACK_API_TOKEN", "t")
+        .env("POSTBACK_LISTEN", "127.0.0.1:0")
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://postgres@localhost/postgres?host={}",
+                nowhere.display()
+            ),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    // It is retrying the connection now (that goes on for a minute).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(matches!(child.try_wait(), Ok(None)), "serve gave up early");
+    let asked = Instant::now();
+    sigterm(&child);
+    let code = exit_within(&mut child, Duration::from_secs(5), "serve after SIGTERM");
+    assert_eq!(code, 0);
+    assert!(asked.elapsed() < Duration::from_secs(5));
+}
