@@ -60,6 +60,19 @@ impl Sender {
         }
     }
 
+    /// The fairness key of the address an attempt of `d` connects to, if
+    /// it resolves (see [`crate::egress::ip_key`]).
+    pub async fn address_key(&self, d: &Claimed) -> Option<String> {
+        let url = reqwest::Url::parse(&d.url).ok()?;
+        let ip = self.egress.address_of(&url).await?;
+        Some(crate::egress::ip_key(ip))
+    }
+
+    /// The attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Makes one attempt of `d`.
     ///
     /// The attempt timeout bounds everything up to the response's status and

@@ -75,6 +75,9 @@ struct Engine {
     /// The database's clock: due times are written on it.
     clock: DbClock,
     done: mpsc::UnboundedSender<Completion>,
+    /// To hand a delivery back that could not get a slot of its address.
+    pool: PgPool,
+    schema: Schema,
 }
 
 impl Engine {
@@ -85,10 +88,45 @@ impl Engine {
         let done = self.done.clone();
         let retry = self.retry;
         let clock = self.clock.clone();
+        let capacity = self.capacity.clone();
+        let (pool, schema) = (self.pool.clone(), self.schema.clone());
         let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
+                // Per-address fairness (SPEC §3): the address this attempt
+                // connects to has a slot for it, however its host is named.
+                // Resolving and waiting together take at most one attempt
+                // timeout, so with the attempt itself (and its 2 s snippet)
+                // it stays well inside its lease (2 × timeout + 30 s).
+                let deadline = tokio::time::Instant::now() + sender.timeout();
+                let key = tokio::time::timeout_at(deadline, sender.address_key(&d))
+                    .await
+                    .ok()
+                    .flatten();
+                let address = match key {
+                    Some(key) => {
+                        capacity.learn(&d.host, &key);
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match capacity.take_address(&key, left).await {
+                            Some(slot) => Some(slot),
+                            None => {
+                                // Still full: hand it back rather than exceed
+                                // the limit. Its host now counts as full
+                                // while the address is, so it is not claimed
+                                // again until there is room.
+                                drop(room);
+                                tracing::debug!(address = %key, "address full; delivery handed back");
+                                if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                                    tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    None => None,
+                };
                 let report = sender.attempt(&d).await;
+                drop(address);
                 drop(room);
                 let completion = completion_for(&d, &report, &retry, &clock);
                 record_metrics(&d, &report, &completion);
@@ -138,7 +176,7 @@ impl Dispatcher {
         let clock = DbClock::default();
         let (handoff, handed_off) = handoff::channel(capacity.clone(), lease, clock.clone());
         Ok(Dispatcher {
-            pool,
+            pool: pool.clone(),
             schema: Schema::new(config.db_schema.clone()),
             engine: Engine {
                 sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
@@ -146,6 +184,8 @@ impl Dispatcher {
                 capacity,
                 clock,
                 done,
+                pool,
+                schema: Schema::new(config.db_schema.clone()),
             },
             done_rx,
             lease,
@@ -269,8 +309,7 @@ impl ClaimLoop {
                 _ = self.engine.capacity.wait_free() => Turn::Again,
             };
         }
-        let hosts = self.engine.capacity.hosts();
-        let room = hosts.room();
+        let room = self.engine.capacity.room();
         let full_before = room.full().len();
         let claimed = match self.claim(free, &room).await {
             Ok(claimed) => claimed,
@@ -290,7 +329,7 @@ impl ClaimLoop {
         self.start_all(claimed).await;
         // ...unless a host filled up during this claim (its backlog may have
         // hidden other hosts' due rows: claim again at once).
-        let filled_up = got_any && self.engine.capacity.hosts().full_hosts().len() > full_before;
+        let filled_up = got_any && self.engine.capacity.full_hosts().len() > full_before;
         if drained && !filled_up {
             Turn::Idle
         } else {
@@ -360,7 +399,7 @@ impl ClaimLoop {
 
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
-        let full = self.engine.capacity.hosts().full_hosts();
+        let full = self.engine.capacity.full_hosts();
         // Measured on the database's clock, which decides when it is due.
         let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
             Ok((next, db_now)) => {

@@ -63,7 +63,7 @@ const FILTER_SQL: &str = "FROM postback.deliveries d
      WHERE {live}
        AND ($1::text IS NULL OR {state} = $1)
        AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
-       AND ($3::text IS NULL OR d.host = lower($3))
+       AND ($3::text IS NULL OR d.host = rtrim(lower($3), '.'))
        AND ($4::text IS NULL OR d.job_id = $4)";
 
 /// Deliveries matching `filter`, newest first.

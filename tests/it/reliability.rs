@@ -471,3 +471,80 @@ fn sigterm_while_waiting_for_the_database_stops_the_process() {
     assert_eq!(code, 0);
     assert!(asked.elapsed() < Duration::from_secs(5));
 }
+
+// ------------------------------------ 3. fairness however a host is spelled
+
+/// A loopback receiver that holds each request for 300 ms and keeps the
+/// most requests it ever had at once.
+#[derive(Clone, Default)]
+struct Concurrency {
+    now: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Concurrency {
+    async fn start(bind: &str) -> (Concurrency, u16) {
+        use std::sync::atomic::Ordering;
+        let state = Concurrency::default();
+        let shared = state.clone();
+        let app = axum::Router::new().fallback(move || {
+            let s = shared.clone();
+            async move {
+                let n = s.now.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                s.now.fetch_sub(1, Ordering::SeqCst);
+                s.total.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (state, port)
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn wait_total(&self, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.total.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "not all {n} requests arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends `per_url` deliveries to each of `urls` (one destination spelled
+/// several ways) and returns the most that were in flight at once.
+async fn most_in_flight(bind: &str, spellings: &[&str], per_url: usize) -> usize {
+    let (receiver, port) = Concurrency::start(bind).await;
+    let app = TestApp::spawn_with(|c| c.per_host_concurrency = 2).await;
+    let mut n = 0;
+    for i in 0..per_url {
+        for host in spellings {
+            enqueue(&app, &format!("http://{host}:{port}/{i}")).await;
+            n += 1;
+        }
+    }
+    receiver.wait_total(n, Duration::from_secs(30)).await;
+    app.stop().await;
+    receiver.max()
+}
+
+#[tokio::test]
+async fn two_spellings_of_one_address_share_the_per_host_limit() {
+    let most = most_in_flight("127.0.0.2:0", &["127.0.0.2", "[::ffff:127.0.0.2]"], 6).await;
+    assert!(most <= 2, "{most} in flight against a limit of 2");
+}
+
+#[tokio::test]
+async fn names_that_resolve_to_one_address_share_its_limit() {
+    let most = most_in_flight("127.0.0.1:0", &["localhost", "127.0.0.1", "LOCALHOST."], 4).await;
+    assert!(most <= 2, "{most} in flight against a limit of 2");
+}
