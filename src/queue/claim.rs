@@ -175,8 +175,10 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
-         SELECT c.*, now() AS claimed_at, p.content_type, p.headers, p.auth, p.body, p.file_path
+         SELECT c.*, now() AS claimed_at, p.content_type, p.headers, p.auth,
+                coalesce(p.body, b.body) AS body, p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
+         LEFT JOIN postback.bodies b ON b.hash = p.body_hash
          ORDER BY c.due_at, c.id",
     ))
     .bind(limit)

@@ -168,6 +168,22 @@ pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     .execute(db)
     .await?
     .rows_affected();
+    // Bodies no payload names any more. `created_at` is refreshed by every
+    // insert that reuses a body and rechecked on the locked row, so a body
+    // being reused right now is never taken from under its new payload.
+    sqlx::query(&schema.sql(
+        "DELETE FROM postback.bodies b
+         WHERE b.created_at < now() - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM postback.payloads p WHERE p.body_hash = b.hash)
+           AND b.hash IN (
+               SELECT o.hash FROM postback.bodies o
+               WHERE o.created_at < now() - interval '1 hour'
+                 AND NOT EXISTS (SELECT 1 FROM postback.payloads p WHERE p.body_hash = o.hash)
+               LIMIT $1)",
+    ))
+    .bind(batch)
+    .execute(db)
+    .await?;
     sqlx::query(&schema.sql(
         "DELETE FROM postback.job_tombstones WHERE id IN (
              SELECT id FROM postback.job_tombstones

@@ -44,7 +44,7 @@ pub struct NewDelivery {
     pub expires_at: OffsetDateTime,
 }
 
-/// Queues `batch` (two statements however many deliveries).
+/// Queues `batch` (one statement however many deliveries).
 pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelivery]) -> Result<()> {
     let unleased = vec![None; batch.len()];
     insert_leased(conn, schema, batch, &unleased).await
@@ -57,6 +57,58 @@ pub async fn insert_leased(
     conn: &mut PgConnection,
     schema: &Schema,
     batch: &[NewDelivery],
+    leases: &[Option<(Uuid, std::time::Duration)>],
+) -> Result<()> {
+    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    insert_rows(conn, schema, batch, &bodies, leases).await
+}
+
+/// Queues `batch` with `bodies[i]` as the body of delivery `i` (its own
+/// `body` is not read): a result's callbacks pass the same rendered bytes
+/// for every callback of one shape, and each distinct body is hashed,
+/// bound and stored once (`bodies` table), however many deliveries send it.
+pub async fn insert_with_bodies(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    batch: &[NewDelivery],
+    bodies: &[Option<&[u8]>],
+) -> Result<()> {
+    let unleased = vec![None; batch.len()];
+    insert_rows(conn, schema, batch, bodies, &unleased).await
+}
+
+/// The distinct bodies of `bodies` (by SHA-256) and, per row, its hash.
+/// Rows passing the very same bytes are hashed once.
+fn distinct_bodies<'b>(
+    bodies: &[Option<&'b [u8]>],
+) -> (Vec<Vec<u8>>, Vec<&'b [u8]>, Vec<Option<Vec<u8>>>) {
+    use sha2::{Digest, Sha256};
+    let mut by_slice: std::collections::HashMap<(usize, usize), Vec<u8>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    let (mut hashes, mut distinct, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
+    for body in bodies {
+        let Some(body) = body else {
+            per_row.push(None);
+            continue;
+        };
+        let hash = by_slice
+            .entry((body.as_ptr() as usize, body.len()))
+            .or_insert_with(|| Sha256::digest(body).to_vec())
+            .clone();
+        if seen.insert(hash.clone()) {
+            hashes.push(hash.clone());
+            distinct.push(*body);
+        }
+        per_row.push(Some(hash));
+    }
+    (hashes, distinct, per_row)
+}
+
+async fn insert_rows(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    batch: &[NewDelivery],
+    bodies: &[Option<&[u8]>],
     leases: &[Option<(Uuid, std::time::Duration)>],
 ) -> Result<()> {
     if batch.is_empty() {
@@ -84,10 +136,18 @@ pub async fn insert_leased(
     let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
     let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
     let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
-    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    let (hashes, distinct, body_hashes) = distinct_bodies(bodies);
     let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
+    // Every data-modifying CTE runs, referenced or not. A body already
+    // stored gets its `created_at` refreshed: the purge of unreferenced
+    // bodies then skips it (it rechecks that column on the locked row).
     sqlx::query(&schema.sql(
-        "WITH d AS (
+        "WITH b AS (
+             INSERT INTO postback.bodies (hash, body)
+             SELECT * FROM unnest($15::bytea[], $16::bytea[])
+             ON CONFLICT (hash) DO UPDATE SET created_at = now()
+             RETURNING 1),
+         d AS (
              INSERT INTO postback.deliveries (id, job_id, kind, method, url, host, next_attempt_at, expires_at, state, lease)
              SELECT id, job_id, kind, method, url, host, now() + make_interval(secs => lease_secs), expires_at,
                     CASE WHEN lease IS NULL THEN 'pending' ELSE 'delivering' END, lease
@@ -95,7 +155,7 @@ pub async fn insert_leased(
                          $7::timestamptz[], $8::uuid[], $9::float8[])
                   AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs)
              RETURNING 1)
-         INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+         INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body_hash, file_path)
          SELECT * FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])",
     ))
     .bind(&ids)
@@ -110,8 +170,10 @@ pub async fn insert_leased(
     .bind(&content_types)
     .bind(&headers)
     .bind(&auths)
-    .bind(&bodies)
+    .bind(&body_hashes)
     .bind(&files)
+    .bind(&hashes)
+    .bind(&distinct)
     .execute(&mut *conn)
     .await?;
     Ok(())

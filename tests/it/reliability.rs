@@ -548,3 +548,52 @@ async fn names_that_resolve_to_one_address_share_its_limit() {
     let most = most_in_flight("127.0.0.1:0", &["localhost", "127.0.0.1", "LOCALHOST."], 4).await;
     assert!(most <= 2, "{most} in flight against a limit of 2");
 }
+
+// ------------------------------------------ 2. one stored copy per body
+
+#[tokio::test]
+async fn a_results_callbacks_store_each_distinct_body_once_and_all_arrive() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn().await;
+    let mut callbacks: Vec<Value> = (0..30)
+        .map(|i| json!({"url": receiver.url(&format!("/a/{i}"))}))
+        .collect();
+    for i in 0..2 {
+        callbacks.push(json!({"url": receiver.url(&format!("/srt/{i}")), "type": "transcript", "format": "srt"}));
+    }
+    let job = json!({"jobId": "big", "publish": {"callbacks": callbacks}});
+    assert_eq!(app.post("/v1/jobs", job).await.status(), 201);
+    let words: Vec<Value> = (0..5000)
+        .map(
+            |i| json!({"p": i, "s": i * 100, "e": i * 100 + 90, "c": 0.9, "w": format!("word{i}")}),
+        )
+        .collect();
+    let result = json!({"status": "finished", "result": {"transcript": {"words": words}}});
+    let posted = app.post("/v1/jobs/big/result", result).await;
+    assert_eq!(posted.status(), 200, "{:?}", posted.text().await);
+
+    // 32 deliveries (the most a job takes), two distinct bodies (the analytics one, the SubRip one).
+    let (payloads, bodies, inline): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM postback.payloads p JOIN postback.deliveries d ON d.id = p.delivery_id
+                  WHERE d.job_id = 'big' AND p.body_hash IS NOT NULL),
+                (SELECT count(*) FROM postback.bodies),
+                (SELECT count(*) FROM postback.payloads WHERE body IS NOT NULL)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!((payloads, bodies, inline), (32, 2, 0));
+
+    let got = receiver.wait_for(32, Duration::from_secs(30)).await;
+    let analytics: Vec<_> = got.iter().filter(|r| r.path.starts_with("/a/")).collect();
+    assert_eq!(analytics.len(), 30);
+    assert!(analytics.iter().all(|r| r.body == analytics[0].body));
+    let body: Value = serde_json::from_slice(&analytics[0].body).expect("analytics JSON");
+    assert_eq!(body["jobId"], "big");
+    let srt: Vec<_> = got.iter().filter(|r| r.path.starts_with("/srt/")).collect();
+    assert_eq!(srt.len(), 2);
+    assert!(std::str::from_utf8(&srt[0].body)
+        .expect("utf-8")
+        .starts_with("1\n00:00:00,000 --> "));
+    app.stop().await;
+}
