@@ -77,11 +77,12 @@ pub async fn insert_with_bodies(
     insert_rows(conn, schema, batch, bodies, &unleased).await
 }
 
+/// Distinct bodies: their hashes, their bytes, and each row's hash.
+type Distinct<'b> = (Vec<Vec<u8>>, Vec<&'b [u8]>, Vec<Option<Vec<u8>>>);
+
 /// The distinct bodies of `bodies` (by SHA-256) and, per row, its hash.
 /// Rows passing the very same bytes are hashed once.
-fn distinct_bodies<'b>(
-    bodies: &[Option<&'b [u8]>],
-) -> (Vec<Vec<u8>>, Vec<&'b [u8]>, Vec<Option<Vec<u8>>>) {
+fn distinct_bodies<'b>(bodies: &[Option<&'b [u8]>]) -> Distinct<'b> {
     use sha2::{Digest, Sha256};
     let mut by_slice: std::collections::HashMap<(usize, usize), Vec<u8>> = Default::default();
     let mut seen = std::collections::HashSet::new();
