@@ -125,7 +125,34 @@ impl Engine {
                     }
                     None => None,
                 };
+                // A body too large to come with the claim is read now, under
+                // the process's byte budget for bodies (SPEC §3), and let go
+                // with the attempt.
+                let mut d = d;
+                let mut body_bytes = None;
+                if d.body.is_none() && d.body_len > 0 {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let read = match capacity.take_body_bytes(d.body_len, left).await {
+                        Some(permit) => {
+                            body_bytes = Some(permit);
+                            claim::body_of(&pool, &schema, d.id).await.ok().flatten()
+                        }
+                        None => None,
+                    };
+                    match read {
+                        Some(body) => d.body = Some(body),
+                        None => {
+                            drop((address, room, body_bytes));
+                            tracing::debug!(len = d.body_len, "body not read in time; delivery handed back");
+                            if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                                tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                            }
+                            return;
+                        }
+                    }
+                }
                 let report = sender.attempt(&d).await;
+                drop(body_bytes);
                 drop(address);
                 drop(room);
                 let completion = completion_for(&d, &report, &retry, &clock);
@@ -344,6 +371,7 @@ impl ClaimLoop {
             free as i64,
             self.lease.as_secs_f64(),
             room,
+            i64::try_from(self.engine.capacity.inline_max()).unwrap_or(i64::MAX),
         )
         .await?;
         crate::metrics::database_reached(true);
@@ -517,6 +545,7 @@ mod tests {
             headers: serde_json::json!({}),
             auth: None,
             body: None,
+            body_len: 0,
             file_path: None,
         }
     }

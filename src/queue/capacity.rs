@@ -26,6 +26,14 @@ use tokio_util::task::TaskTracker;
 use super::claim::HostRoom;
 use super::wake::Waker;
 
+/// Most bytes of claimed bodies one process holds (SPEC §3: under 256 MiB
+/// however large each payload is). Half of it bounds the bodies that come
+/// with a claim (each at most [`Capacity::inline_max`], at most one per
+/// slot), the other half the larger ones read when their attempt starts.
+pub const BODY_BUDGET: usize = 256 * 1024 * 1024;
+/// Largest body that comes with its claim.
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
+
 /// Most semaphore permits tokio allows; `POSTBACK_CONCURRENCY` is checked
 /// against it when the settings are read.
 pub const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS;
@@ -39,6 +47,10 @@ pub struct Capacity {
     addresses: HostSlots,
     /// Which address each recently attempted host resolved to.
     pointing: Arc<Mutex<Pointing>>,
+    /// Bytes of bodies read at attempt start (half of [`BODY_BUDGET`]).
+    body_bytes: Arc<Semaphore>,
+    /// Largest body a claim brings along.
+    inline_max: usize,
     in_flight: TaskTracker,
 }
 
@@ -66,13 +78,42 @@ impl Capacity {
     /// `concurrency` attempts in flight at most, `per_host` per host;
     /// `waker` is woken whenever a full host gets a slot back.
     pub fn new(concurrency: usize, per_host: usize, waker: Waker) -> Self {
+        let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
         Capacity {
-            slots: Arc::new(Semaphore::new(concurrency.clamp(1, MAX_CONCURRENCY))),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            body_bytes: Arc::new(Semaphore::new(BODY_BUDGET / 2)),
+            // At most one claimed body per slot: their sum stays under half
+            // the budget however many slots there are.
+            inline_max: INLINE_BODY_MAX.min(BODY_BUDGET / 2 / concurrency),
             hosts: HostSlots::waking(per_host, waker.clone()),
             addresses: HostSlots::waking(per_host, waker),
             pointing: Arc::default(),
             in_flight: TaskTracker::new(),
         }
+    }
+
+    /// Largest body a claim may bring along (larger ones are read when
+    /// their attempt starts, under [`Capacity::take_body_bytes`]).
+    pub fn inline_max(&self) -> usize {
+        self.inline_max
+    }
+
+    /// Room to hold a body of `len` bytes read at attempt start, waiting at
+    /// most `within` for bodies in flight to be let go. A body larger than
+    /// the whole half budget takes all of it (one such at a time).
+    pub async fn take_body_bytes(
+        &self,
+        len: i64,
+        within: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        let want = usize::try_from(len.max(0))
+            .unwrap_or(usize::MAX)
+            .clamp(1, BODY_BUDGET / 2);
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        tokio::time::timeout(within, self.body_bytes.clone().acquire_many_owned(want))
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Remembers that `host` resolved to the address `key`.
@@ -370,5 +411,24 @@ mod tests {
         assert!(waiter.await.expect("join"));
         drop(two);
         assert!(capacity.full_hosts().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bodies_held_stay_inside_the_byte_budget() {
+        let capacity = Capacity::new(100_000, 16, Waker::default());
+        // Many slots: each claimed body is smaller, the sum stays bounded.
+        assert!(capacity.inline_max() * 100_000 <= BODY_BUDGET / 2);
+        assert_eq!(Capacity::new(8, 16, Waker::default()).inline_max(), INLINE_BODY_MAX);
+        let wait = Duration::from_millis(50);
+        let half = (BODY_BUDGET / 2) as i64;
+        let most = capacity.take_body_bytes(half - 10, wait).await;
+        assert!(most.is_some());
+        // No room for another large body until the first is let go...
+        assert!(capacity.take_body_bytes(1_000, wait).await.is_none());
+        drop(most);
+        // ...and one larger than the whole budget takes all of it, not more.
+        let huge = capacity.take_body_bytes(i64::MAX, wait).await;
+        assert!(huge.is_some());
+        assert!(capacity.take_body_bytes(1, wait).await.is_none());
     }
 }

@@ -53,7 +53,11 @@ pub struct Claimed {
     /// Per-callback auth.
     pub auth: Option<Value>,
     /// Body, unless media; shared, so every attempt sends it without copying.
+    /// `None` with a `body_len` above zero: too large to hold from the
+    /// claim on, it is read when the attempt starts ([`body_of`]).
     pub body: Option<Body>,
+    /// Length of the stored body in bytes (0 when none).
+    pub body_len: i64,
     /// File to stream, for media.
     pub file_path: Option<String>,
 }
@@ -77,6 +81,7 @@ impl Claimed {
             content_type: row.content_type,
             headers: row.headers,
             auth: row.auth,
+            body_len: row.body.as_ref().map_or(0, |b| b.len() as i64),
             body: row.body.map(|b| Body(b.into())),
             file_path: row.file_path,
         }
@@ -130,6 +135,11 @@ impl HostRoom {
 /// Claims up to `limit` due deliveries, oldest due first, skipping rows
 /// other workers hold and taking no more per host than `room` allows.
 ///
+/// Bodies up to `inline_max` bytes come with the claim; larger ones are
+/// left in the database (`body` is `None`, `body_len` says how large) and
+/// read by [`body_of`] when their attempt starts, so what a process holds
+/// of claimed bodies is bounded by settings, not by payload sizes.
+///
 /// The `limit` oldest due rows of hosts with room are locked (`SKIP LOCKED`,
 /// so concurrent claims share the queue without waiting on each other);
 /// of those, each host's first `room` are claimed. The others are only
@@ -141,6 +151,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     limit: i64,
     lease_secs: f64,
     room: &HostRoom,
+    inline_max: i64,
 ) -> Result<Vec<Claimed>> {
     let lease = Uuid::now_v7();
     let full = room.full();
@@ -176,7 +187,10 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              RETURNING d.id, d.job_id, d.kind, d.method, d.url, d.host, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
          SELECT c.*, now() AS claimed_at, p.content_type, p.headers, p.auth,
-                coalesce(p.body, b.body) AS body, p.file_path
+                CASE WHEN octet_length(coalesce(p.body, b.body)) <= $8
+                     THEN coalesce(p.body, b.body) END AS body,
+                coalesce(octet_length(coalesce(p.body, b.body)), 0)::int8 AS body_len,
+                p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
          LEFT JOIN postback.bodies b ON b.hash = p.body_hash
          ORDER BY c.due_at, c.id",
@@ -188,9 +202,28 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     .bind(room.per_host)
     .bind(&busy_hosts)
     .bind(&busy_room)
+    .bind(inline_max)
     .fetch_all(db)
     .await?;
     Ok(rows)
+}
+
+/// The body of delivery `id`, for an attempt whose claim left it out (see
+/// [`claim`]); `None` when it has none (or is gone).
+pub async fn body_of<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    id: Uuid,
+) -> Result<Option<Body>> {
+    let body: Option<Option<Body>> = sqlx::query_scalar(&schema.sql(
+        "SELECT coalesce(p.body, b.body) FROM postback.payloads p
+         LEFT JOIN postback.bodies b ON b.hash = p.body_hash
+         WHERE p.delivery_id = $1",
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(body.flatten())
 }
 
 /// The recorded result of one attempt and the state it leads to.

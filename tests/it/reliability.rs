@@ -584,10 +584,23 @@ async fn a_results_callbacks_store_each_distinct_body_once_and_all_arrive() {
     .expect("count");
     assert_eq!((payloads, bodies, inline), (32, 2, 0));
 
+    // The analytics body is larger than a claim brings along: it is read
+    // when each attempt starts, and still arrives whole.
+    let largest: i32 = sqlx::query_scalar("SELECT max(octet_length(body)) FROM postback.bodies")
+        .fetch_one(&app.pool)
+        .await
+        .expect("size");
+    let inline = postback::queue::capacity::INLINE_BODY_MAX as i32;
+    assert!(
+        largest > inline,
+        "{largest} bytes: not past the inline limit"
+    );
+
     let got = receiver.wait_for(32, Duration::from_secs(30)).await;
     let analytics: Vec<_> = got.iter().filter(|r| r.path.starts_with("/a/")).collect();
     assert_eq!(analytics.len(), 30);
     assert!(analytics.iter().all(|r| r.body == analytics[0].body));
+    assert_eq!(analytics[0].body.len() as i32, largest);
     let body: Value = serde_json::from_slice(&analytics[0].body).expect("analytics JSON");
     assert_eq!(body["jobId"], "big");
     let srt: Vec<_> = got.iter().filter(|r| r.path.starts_with("/srt/")).collect();
@@ -595,5 +608,55 @@ async fn a_results_callbacks_store_each_distinct_body_once_and_all_arrive() {
     assert!(std::str::from_utf8(&srt[0].body)
         .expect("utf-8")
         .starts_with("1\n00:00:00,000 --> "));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_leaves_large_bodies_in_the_database_until_the_attempt_starts() {
+    let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+    let receiver = Receiver::start().await;
+    let small = enqueue(&app, &receiver.url("/small")).await;
+    let big_text = "x".repeat(100_000);
+    let response = app
+        .post(
+            "/v1/deliveries",
+            json!({"url": receiver.url("/big"), "body": big_text, "contentType": "text/plain"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let big: Value = response.json().await.expect("json");
+    let big = big["deliveryId"].as_str().expect("id").to_owned();
+    let schema = postback::Schema::default();
+    let claimed = postback::queue::claim::claim(
+        &app.pool,
+        &schema,
+        10,
+        60.0,
+        &postback::queue::HostRoom {
+            per_host: 10,
+            busy: Vec::new(),
+        },
+        1024,
+    )
+    .await
+    .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    for d in &claimed {
+        if d.id.to_string() == small {
+            assert!(d.body.is_some(), "a small body comes with its claim");
+        } else {
+            assert_eq!(d.id.to_string(), big);
+            assert!(
+                d.body.is_none(),
+                "a large body must not come with its claim"
+            );
+            assert_eq!(d.body_len, 100_000);
+            let body = postback::queue::claim::body_of(&app.pool, &schema, d.id)
+                .await
+                .expect("read")
+                .expect("a body");
+            assert_eq!(body.len(), 100_000);
+        }
+    }
     app.stop().await;
 }
