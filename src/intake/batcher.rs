@@ -28,7 +28,9 @@ const QUEUE: usize = 8192;
 struct Item {
     row: NewDelivery,
     lease: Option<(Uuid, Duration)>,
-    done: oneshot::Sender<Result<()>>,
+    /// The row comes back once committed: it is moved through the writer,
+    /// never copied (a body can be megabytes).
+    done: oneshot::Sender<Result<NewDelivery>>,
 }
 
 /// Submits deliveries to the group-commit writers (cheap to clone).
@@ -55,8 +57,12 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Stores `row` (leased when `lease` is set); returns once committed.
-    pub async fn submit(&self, row: NewDelivery, lease: Option<(Uuid, Duration)>) -> Result<()> {
+    /// Stores `row` (leased when `lease` is set); returns it once committed.
+    pub async fn submit(
+        &self,
+        row: NewDelivery,
+        lease: Option<(Uuid, Duration)>,
+    ) -> Result<NewDelivery> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Item { row, lease, done })
@@ -78,27 +84,27 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
                 return;
             }
         }
-        let rows: Vec<NewDelivery> = items.iter().map(|i| i.row.clone()).collect();
-        let leases: Vec<_> = items.iter().map(|i| i.lease).collect();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut leases = Vec::with_capacity(items.len());
+        let mut dones = Vec::with_capacity(items.len());
+        for Item { row, lease, done } in items.drain(..) {
+            rows.push(row);
+            leases.push(lease);
+            dones.push(done);
+        }
         let stored = store(&pool, &schema, &rows, &leases).await;
         match stored {
             Ok(()) => {
-                for item in items.drain(..) {
-                    let _ = item.done.send(Ok(()));
+                for (row, done) in rows.into_iter().zip(dones) {
+                    let _ = done.send(Ok(row));
                 }
             }
             // The batch failed as a whole: store each on its own, so every
             // request gets its own answer and one bad row fails alone.
             Err(_) => {
-                for item in items.drain(..) {
-                    let one = store(
-                        &pool,
-                        &schema,
-                        std::slice::from_ref(&item.row),
-                        &[item.lease],
-                    )
-                    .await;
-                    let _ = item.done.send(one);
+                for ((row, lease), done) in rows.into_iter().zip(leases).zip(dones) {
+                    let one = store(&pool, &schema, std::slice::from_ref(&row), &[lease]).await;
+                    let _ = done.send(one.map(|()| row));
                 }
             }
         }

@@ -281,7 +281,8 @@ impl Postback {
         let row = self.generic_row(delivery)?;
         let reservation = handoff.and_then(|h| h.reserve(&row.host));
         let lease = reservation.as_ref().map(Reservation::lease);
-        batcher.submit(row.clone(), lease).await?;
+        // Moved through the writer and back, never copied.
+        let row = batcher.submit(row, lease).await?;
         Ok(self.accepted(row, handoff, reservation))
     }
 

@@ -418,7 +418,10 @@ mod tests {
         let capacity = Capacity::new(100_000, 16, Waker::default());
         // Many slots: each claimed body is smaller, the sum stays bounded.
         assert!(capacity.inline_max() * 100_000 <= BODY_BUDGET / 2);
-        assert_eq!(Capacity::new(8, 16, Waker::default()).inline_max(), INLINE_BODY_MAX);
+        assert_eq!(
+            Capacity::new(8, 16, Waker::default()).inline_max(),
+            INLINE_BODY_MAX
+        );
         let wait = Duration::from_millis(50);
         let half = (BODY_BUDGET / 2) as i64;
         let most = capacity.take_body_bytes(half - 10, wait).await;
