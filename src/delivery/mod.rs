@@ -47,6 +47,9 @@ pub const CLAIM_BATCH: usize = 512;
 /// so work resumes within a second of the database coming back (a failed
 /// connection attempt a second costs nothing).
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Slack an attempt keeps from the end of its lease (clock reads, the
+/// outcome's way to the completer).
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Pause when due work exists but other workers' claims hold it.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
@@ -75,6 +78,8 @@ struct Engine {
     /// The database's clock: due times are written on it.
     clock: DbClock,
     done: mpsc::UnboundedSender<Completion>,
+    /// How long a claim leases a delivery.
+    lease: Duration,
     /// To hand a delivery back that could not get a slot of its address.
     pool: PgPool,
     schema: Schema,
@@ -88,17 +93,26 @@ impl Engine {
         let done = self.done.clone();
         let retry = self.retry;
         let clock = self.clock.clone();
+        let lease = time::Duration::try_from(self.lease).unwrap_or(time::Duration::MAX);
         let capacity = self.capacity.clone();
         let (pool, schema) = (self.pool.clone(), self.schema.clone());
         let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
+                // No attempt may run past its lease (another worker may
+                // take the delivery then): what is left of the lease, by the
+                // database's clock it was granted on, must hold the whole
+                // attempt (timeout, then the snippet's own bound) with room
+                // to spare; the waits before it get only what remains.
+                let lease_end = d.claimed_at + lease;
+                let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
+                let attempt_needs = sender.timeout() + attempt::SNIPPET_READ + LEASE_MARGIN;
+                let may_wait = left_of_lease
+                    .saturating_sub(attempt_needs)
+                    .min(sender.timeout());
                 // Per-address fairness (SPEC §3): the address this attempt
                 // connects to has a slot for it, however its host is named.
-                // Resolving and waiting together take at most one attempt
-                // timeout, so with the attempt itself (and its 2 s snippet)
-                // it stays well inside its lease (2 × timeout + 30 s).
-                let deadline = tokio::time::Instant::now() + sender.timeout();
+                let deadline = tokio::time::Instant::now() + may_wait;
                 let key = tokio::time::timeout_at(deadline, sender.address_key(&d))
                     .await
                     .ok()
@@ -150,6 +164,15 @@ impl Engine {
                             return;
                         }
                     }
+                }
+                let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
+                if left_of_lease < attempt_needs {
+                    drop((address, room, body_bytes));
+                    tracing::warn!(?left_of_lease, "too little of the lease left for an attempt; delivery handed back");
+                    if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                        tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                    }
+                    return;
                 }
                 let report = sender.attempt(&d).await;
                 drop(body_bytes);
@@ -211,6 +234,7 @@ impl Dispatcher {
                 capacity,
                 clock,
                 done,
+                lease,
                 pool,
                 schema: Schema::new(config.db_schema.clone()),
             },
