@@ -167,7 +167,7 @@ fn filter(
 ) -> Filter {
     Filter {
         status,
-        since: since.map(|d| time::OffsetDateTime::now_utc() - d),
+        since,
         host,
         job,
         limit,

@@ -16,8 +16,9 @@ use crate::state::{DeliveryKind, DeliveryState};
 pub struct Filter {
     /// Only deliveries in this state.
     pub status: Option<DeliveryState>,
-    /// Queued at or after this time.
-    pub since: Option<OffsetDateTime>,
+    /// Queued within this long before now (the database's now, the clock
+    /// `queued_at` was written on).
+    pub since: Option<std::time::Duration>,
     /// Destination host (exact, case-insensitive).
     pub host: Option<String>,
     /// Owning job.
@@ -62,7 +63,7 @@ pub struct DeliveryLine {
 const FILTER_SQL: &str = "FROM postback.deliveries d
      WHERE {live}
        AND ($1::text IS NULL OR {state} = $1)
-       AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
+       AND ($2::float8 IS NULL OR d.queued_at >= now() - make_interval(secs => $2))
        AND ($3::text IS NULL OR d.host = rtrim(lower($3), '.'))
        AND ($4::text IS NULL OR d.job_id = $4)";
 
@@ -103,7 +104,11 @@ async fn list_ordered<'e, E: PgExecutor<'e>>(
     );
     Ok(sqlx::query_as(&schema.sql(&sql))
         .bind(filter.status)
-        .bind(filter.since)
+        .bind(
+            filter
+                .since
+                .map(|d| d.as_secs_f64().min(super::jobs::MAX_TTL_SECS)),
+        )
         .bind(&filter.host)
         .bind(&filter.job)
         .bind(filter.limit)
