@@ -261,7 +261,8 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let body_len = row.body.as_ref().map_or(0, Vec::len);
+        let reservation = handoff.and_then(|h| h.reserve(&row.host, body_len));
         let lease = reservation.as_ref().map(Reservation::lease);
         let mut conn = db.acquire().await?;
         // A leased row needs no wake-up: its attempt starts here.
@@ -279,7 +280,8 @@ impl Postback {
         handoff: Option<&Handoff>,
     ) -> Result<(Uuid, bool)> {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host));
+        let body_len = row.body.as_ref().map_or(0, Vec::len);
+        let reservation = handoff.and_then(|h| h.reserve(&row.host, body_len));
         let lease = reservation.as_ref().map(Reservation::lease);
         // Moved through the writer and back, never copied.
         let row = batcher.submit(row, lease).await?;

@@ -85,9 +85,15 @@ pub fn channel(capacity: Capacity, lease: Duration, clock: DbClock) -> (Handoff,
 }
 
 impl Handoff {
-    /// Room for an attempt to `host` right now, if this process has it and
-    /// is not shutting down.
-    pub fn reserve(&self, host: &str) -> Option<Reservation> {
+    /// Room for an attempt to `host` with a body of `body_len` bytes right
+    /// now, if this process has it and is not shutting down. A body larger
+    /// than a claim would bring along is not handed over: it is stored and
+    /// claimed like any other, so it is held only under the byte budget of
+    /// claimed bodies (SPEC §3), never beside it.
+    pub fn reserve(&self, host: &str, body_len: usize) -> Option<Reservation> {
+        if body_len > self.capacity.inline_max() {
+            return None;
+        }
         let in_flight = self.capacity.in_flight_token()?;
         let room = self.capacity.try_take(host)?;
         Some(Reservation {
