@@ -1,9 +1,16 @@
 //! Prometheus metrics with exactly the names, types and labels of SPEC §4.
-//! It owns the metric names, the recorder, and the queue gauges (refreshed
+//! It owns the metric names, the recorder, the queue gauges (refreshed
 //! from the database at a bounded rate by one task per process, never per
-//! scrape). It must not decide anything: callers record what happened.
+//! scrape) and `postback_database_up`. It must not decide anything: callers
+//! record what happened.
+//!
+//! The queue gauges and `postback_database_up` are kept outside the
+//! recorder and appended by [`render`]: the recorder cannot drop a series,
+//! and SPEC §4 wants the queue gauges left out (not frozen at their last
+//! value) while the database is unreachable, so paging alerts never read a
+//! stale "all is well".
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -28,8 +35,13 @@ pub const DELIVERY_LATENCY: &str = "postback_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "postback_queue_depth";
 /// `postback_oldest_due_seconds` (gauge).
 pub const OLDEST_DUE: &str = "postback_oldest_due_seconds";
+/// `postback_database_up` (gauge): 1 when the last query of this process
+/// succeeded, 0 while the database is unreachable.
+pub const DATABASE_UP: &str = "postback_database_up";
 
-/// `postback_destinations_open` (gauge): origins whose breaker is open or half open.
+/// `postback_destinations_open` (gauge): origins whose breaker is open or
+/// half open (rendered with the queue gauges: left out while the database
+/// is down).
 pub const DESTINATIONS_OPEN: &str = "postback_destinations_open";
 /// `postback_operator_events_total{type}` (counter).
 pub const OPERATOR_EVENTS: &str = "postback_operator_events_total";
@@ -92,12 +104,6 @@ fn describe() {
         metrics::Unit::Seconds,
         "From queued to delivered."
     );
-    metrics::describe_gauge!(QUEUE_DEPTH, "Deliveries in the queue, by state.");
-    metrics::describe_gauge!(
-        OLDEST_DUE,
-        metrics::Unit::Seconds,
-        "Age of the oldest due delivery."
-    );
     // Every family exists from the start, so dashboards and alerts see zeros
     // rather than absent series.
     metrics::counter!(JOBS_CREATED).increment(0);
@@ -107,19 +113,93 @@ fn describe() {
     for result in Completed::ALL {
         metrics::counter!(DELIVERIES_COMPLETED, "result" => result.as_str()).increment(0);
     }
-    for state in ["due", "scheduled", "in_flight"] {
-        metrics::gauge!(QUEUE_DEPTH, "state" => state).set(0.0);
-    }
-    metrics::gauge!(OLDEST_DUE).set(0.0);
-    metrics::describe_gauge!(
-        DESTINATIONS_OPEN,
-        "Origins whose circuit breaker is open or half open."
-    );
-    metrics::gauge!(DESTINATIONS_OPEN).set(0.0);
     metrics::describe_counter!(OPERATOR_EVENTS, "Operator events queued, by type.");
     for kind in EVENT_TYPES {
         metrics::counter!(OPERATOR_EVENTS, "type" => kind).increment(0);
     }
+}
+
+/// What [`render`] appends: whether the database answers, and the queue as
+/// last read (`None` until read, and again from the moment the database
+/// stops answering until it is read again).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DatabaseGauges {
+    up: bool,
+    depth: Option<QueueDepth>,
+}
+
+/// One per process, like the recorder. A process that just started has
+/// migrated, so the database answered.
+static DATABASE: Mutex<DatabaseGauges> = Mutex::new(DatabaseGauges {
+    up: true,
+    depth: None,
+});
+
+fn database() -> std::sync::MutexGuard<'static, DatabaseGauges> {
+    DATABASE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records whether a query of this process just reached the database. A
+/// failure drops the queue gauges until they are read again.
+pub fn database_reached(ok: bool) {
+    let mut g = database();
+    g.up = ok;
+    if !ok {
+        g.depth = None;
+    }
+}
+
+/// Whether the last query of this process reached the database.
+pub fn database_up() -> bool {
+    database().up
+}
+
+/// The exposition of `handle` plus `postback_database_up` and, while the
+/// database answers, the queue gauges.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    let gauges = *database();
+    text.push_str(&render_database_gauges(gauges));
+    text
+}
+
+fn render_database_gauges(g: DatabaseGauges) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP {DATABASE_UP} 1 when the last query of this process succeeded, 0 while the database is unreachable."
+    );
+    let _ = writeln!(out, "# TYPE {DATABASE_UP} gauge");
+    let _ = writeln!(out, "{DATABASE_UP} {}", u8::from(g.up));
+    let Some(depth) = g.depth.filter(|_| g.up) else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {QUEUE_DEPTH} Deliveries in the queue, by state."
+    );
+    let _ = writeln!(out, "# TYPE {QUEUE_DEPTH} gauge");
+    for (state, n) in [
+        ("due", depth.due),
+        ("scheduled", depth.scheduled),
+        ("in_flight", depth.in_flight),
+    ] {
+        let _ = writeln!(out, "{QUEUE_DEPTH}{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {OLDEST_DUE} Age of the oldest due delivery (seconds)."
+    );
+    let _ = writeln!(out, "# TYPE {OLDEST_DUE} gauge");
+    let _ = writeln!(out, "{OLDEST_DUE} {}", depth.oldest);
+    let _ = writeln!(
+        out,
+        "# HELP {DESTINATIONS_OPEN} Origins whose circuit breaker is open or half open."
+    );
+    let _ = writeln!(out, "# TYPE {DESTINATIONS_OPEN} gauge");
+    let _ = writeln!(out, "{DESTINATIONS_OPEN} {}", depth.open_destinations);
+    out
 }
 
 /// The queue as the gauges show it.
@@ -155,15 +235,21 @@ pub async fn queue_depth(pool: &PgPool, schema: &Schema) -> Result<QueueDepth, s
     .await
 }
 
-/// Reads the queue gauges once.
+/// Reads the queue gauges once; a failure marks the database down (and so
+/// leaves the queue gauges out of [`render`]).
 pub async fn refresh_queue_gauges(pool: &PgPool, schema: &Schema) -> Result<(), sqlx::Error> {
-    let depth = queue_depth(pool, schema).await?;
-    metrics::gauge!(QUEUE_DEPTH, "state" => "due").set(depth.due as f64);
-    metrics::gauge!(QUEUE_DEPTH, "state" => "scheduled").set(depth.scheduled as f64);
-    metrics::gauge!(QUEUE_DEPTH, "state" => "in_flight").set(depth.in_flight as f64);
-    metrics::gauge!(OLDEST_DUE).set(depth.oldest);
-    metrics::gauge!(DESTINATIONS_OPEN).set(depth.open_destinations as f64);
-    Ok(())
+    match queue_depth(pool, schema).await {
+        Ok(depth) => {
+            let mut g = database();
+            g.up = true;
+            g.depth = Some(depth);
+            Ok(())
+        }
+        Err(err) => {
+            database_reached(false);
+            Err(err)
+        }
+    }
 }
 
 /// Refreshes the queue gauges every [`GAUGE_INTERVAL`] until `shutdown`.
@@ -183,5 +269,50 @@ pub async fn run_gauges(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_gauges_are_left_out_while_the_database_is_down() {
+        let depth = QueueDepth {
+            due: 3,
+            scheduled: 4,
+            in_flight: 5,
+            oldest: 6.5,
+            open_destinations: 1,
+        };
+        let up = render_database_gauges(DatabaseGauges {
+            up: true,
+            depth: Some(depth),
+        });
+        assert!(up.contains("\npostback_database_up 1\n"), "{up}");
+        assert!(
+            up.contains("postback_queue_depth{state=\"due\"} 3\n"),
+            "{up}"
+        );
+        assert!(
+            up.contains("postback_queue_depth{state=\"in_flight\"} 5\n"),
+            "{up}"
+        );
+        assert!(up.contains("\npostback_oldest_due_seconds 6.5\n"), "{up}");
+        // Down: the last values must not be shown as if they were current.
+        let down = render_database_gauges(DatabaseGauges {
+            up: false,
+            depth: Some(depth),
+        });
+        assert!(down.contains("\npostback_database_up 0\n"), "{down}");
+        assert!(!down.contains("postback_queue_depth"), "{down}");
+        assert!(!down.contains("postback_oldest_due_seconds"), "{down}");
+        // Up again but not read yet: still out, never the stale values.
+        let unread = render_database_gauges(DatabaseGauges {
+            up: true,
+            depth: None,
+        });
+        assert!(unread.contains("postback_database_up 1"), "{unread}");
+        assert!(!unread.contains("postback_queue_depth"), "{unread}");
     }
 }

@@ -80,6 +80,8 @@ pub struct Cluster {
     socket_dir: PathBuf,
     owner: Option<(u32, u32)>,
     stopped: bool,
+    /// The server was already running on the data directory at start.
+    adopted: bool,
 }
 
 impl Cluster {
@@ -91,19 +93,50 @@ impl Cluster {
         let data = root.join("data");
         let socket_dir = root.join("run");
         prepare_dirs(&root, &data, &socket_dir, owner)?;
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             bin_dir,
             data,
             socket_dir,
             owner,
             stopped: false,
+            adopted: false,
         };
         if !cluster.data.join("PG_VERSION").exists() {
             cluster.initdb()?;
         }
         cluster.write_tuning()?;
-        cluster.pg_ctl_start()?;
+        // A postmaster left running on this data directory (an earlier
+        // start that died, or failed before it could stop it) holds the
+        // directory's lock: `pg_ctl start` would fail on it forever. Adopt
+        // it when it listens where we connect; otherwise stop it and start
+        // afresh.
+        if cluster.running() {
+            if cluster.socket_dir.join(".s.PGSQL.5432").exists() {
+                cluster.adopted = true;
+                return Ok(cluster);
+            }
+            cluster.stop_for_restart()?;
+        }
+        if let Err(err) = cluster.pg_ctl_start() {
+            // `pg_ctl -w` can give up (its timeout) on a server that then
+            // comes up anyway: stop it, or it would hold the lock.
+            if cluster.running() {
+                let _ = cluster.stop_for_restart();
+            }
+            return Err(err);
+        }
         Ok(cluster)
+    }
+
+    /// Whether this start found the server already running (and uses it).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Whether a postmaster runs on the data directory (`pg_ctl status`).
+    pub fn running(&self) -> bool {
+        self.run("pg_ctl", &["-D", path_str(&self.data), "status"])
+            .is_ok()
     }
 
     /// The libpq URL of the cluster's `postgres` database.

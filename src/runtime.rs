@@ -50,6 +50,9 @@ pub enum StartError {
     /// The outbound HTTP client could not be built.
     #[error("egress: {0}")]
     Egress(#[from] crate::egress::EgressError),
+    /// SIGTERM/SIGINT arrived before the process was up.
+    #[error("stopped by a signal during start-up")]
+    Interrupted,
 }
 
 impl From<crate::delivery::DispatcherError> for StartError {
@@ -73,7 +76,7 @@ impl StartError {
                     | ClusterError::NoUnprivilegedUser
                     | ClusterError::DataDir { .. }
             ),
-            StartError::Bind { .. } | StartError::Database(_) => false,
+            StartError::Bind { .. } | StartError::Database(_) | StartError::Interrupted => false,
         }
     }
 }
@@ -96,51 +99,78 @@ impl Process {
     /// Opens the database (starting the private cluster when no URL is
     /// set), migrates, loads the signing secret, builds the workers and
     /// binds the listeners. Nothing runs until [`Process::run`].
-    pub async fn start(mut config: Config, role: Role) -> Result<Process, StartError> {
+    pub async fn start(config: Config, role: Role) -> Result<Process, StartError> {
+        Self::start_until(config, role, &CancellationToken::new()).await
+    }
+
+    /// [`Process::start`], given up as soon as `shutdown` is cancelled
+    /// (SIGTERM while it waits for the database or migrates: the process
+    /// stops instead of carrying on into a run nobody wants).
+    ///
+    /// Whatever ends the start early (an error, or `shutdown`), the private
+    /// cluster it started is stopped again: a cluster left running holds
+    /// the data directory's lock, and every later start would fail on it.
+    pub async fn start_until(
+        mut config: Config,
+        role: Role,
+        shutdown: &CancellationToken,
+    ) -> Result<Process, StartError> {
         config.validate()?;
-        let schema = Schema::new(config.db_schema.clone());
         let mut cluster = None;
-        let database_url = match config.database_url.clone() {
-            Some(url) => url,
-            None => {
-                let dir = config.data_dir.clone();
-                let started = tokio::task::spawn_blocking(move || Cluster::start(&dir))
-                    .await
-                    .map_err(|e| ClusterError::Command {
-                        command: "start".into(),
-                        output: e.to_string(),
-                    })??;
-                let url = started.url();
-                println!(
-                    "postback: private PostgreSQL at {url} (data in {})",
-                    config.data_dir.display()
+        if config.database_url.is_none() {
+            // Not raced against `shutdown`: pg_ctl runs on a blocking thread
+            // that would finish starting the server after we gave up on it.
+            // It is bounded (`pg_ctl -w -t 60`); the signal is honoured
+            // right after.
+            let dir = config.data_dir.clone();
+            let started = tokio::task::spawn_blocking(move || Cluster::start(&dir))
+                .await
+                .map_err(|e| ClusterError::Command {
+                    command: "start".into(),
+                    output: e.to_string(),
+                })??;
+            if started.adopted() {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    "a PostgreSQL server was already running on the data directory (left by an earlier start); using it"
                 );
-                cluster = Some(started);
-                url
             }
+            let url = started.url();
+            println!(
+                "postback: private PostgreSQL at {url} (data in {})",
+                config.data_dir.display()
+            );
+            config.database_url = Some(url);
+            cluster = Some(started);
+        }
+        let assembled = tokio::select! {
+            // A signal wins over a step that finished at the same moment.
+            biased;
+            _ = shutdown.cancelled() => Err(StartError::Interrupted),
+            assembled = Self::assemble(config, role) => assembled,
         };
-        config.database_url = Some(database_url.clone());
+        match assembled {
+            Ok(mut process) => {
+                process.cluster = cluster;
+                Ok(process)
+            }
+            Err(err) => {
+                stop_cluster(cluster).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Everything of [`Process::start`] after the database URL is known.
+    async fn assemble(config: Config, role: Role) -> Result<Process, StartError> {
+        let schema = Schema::new(config.db_schema.clone());
+        let database_url = config.database_url.clone().unwrap_or_default();
         // Enough for the API's concurrent requests and the workers' claim,
         // completion, LISTEN and gauge connections.
         let pool_size = (config.concurrency / 4).clamp(16, 64) as u32;
-        let pool = match store::connect(&database_url, &schema, pool_size).await {
-            Ok(pool) => pool,
-            Err(err) => {
-                stop_cluster(cluster).await;
-                return Err(err.into());
-            }
-        };
-        if let Err(err) = store::migrate(&pool, &schema).await {
-            stop_cluster(cluster).await;
-            return Err(err.into());
-        }
-        let secret = match signing_secret(&config, &pool, &schema).await {
-            Ok(s) => s,
-            Err(err) => {
-                stop_cluster(cluster).await;
-                return Err(err);
-            }
-        };
+        let pool = store::connect(&database_url, &schema, pool_size).await?;
+        store::migrate(&pool, &schema).await?;
+        let secret = signing_secret(&config, &pool, &schema).await?;
         let metrics = crate::metrics::install();
         let dispatcher = if config.concurrency > 0 {
             Some(Dispatcher::new(pool.clone(), &config, secret)?)
@@ -159,7 +189,7 @@ impl Process {
             config,
             role,
             pool,
-            cluster,
+            cluster: None,
             dispatcher,
             api,
             metrics_listener,

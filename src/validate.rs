@@ -348,7 +348,8 @@ pub fn callback(policy: &EgressPolicy, cb: &CallbackSpec, at: &str) -> Result<()
     Ok(())
 }
 
-/// Checks a destination URL and returns its host (for per-host fairness).
+/// Checks a destination URL and returns its host key (per-host fairness,
+/// filters): one spelling per destination, see [`crate::egress::host_key`].
 pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<String, Error> {
     if url.chars().any(char::is_control) {
         return Err(Error::invalid(
@@ -372,7 +373,7 @@ pub fn destination(policy: &EgressPolicy, url: &str, field: &str) -> Result<Stri
             "url must be absolute with a host, e.g. https://example.com/callback",
         ));
     }
-    Ok(parsed.host_str().unwrap_or_default().to_ascii_lowercase())
+    Ok(crate::egress::host_key(&parsed))
 }
 
 /// Caller headers: valid names and values, none of the reserved ones.

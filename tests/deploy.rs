@@ -313,6 +313,7 @@ fn families() -> BTreeMap<&'static str, Family> {
             fam(false, &[("state", set(&["due", "scheduled", "in_flight"]))]),
         ),
         (m::OLDEST_DUE, fam(false, &[])),
+        (m::DATABASE_UP, fam(false, &[])),
     ])
 }
 

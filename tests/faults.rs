@@ -917,3 +917,98 @@ async fn kill_serve_mid_handoff() {
     );
     worker.stop(Duration::from_secs(10)).await;
 }
+
+// ------------------------------- 8. gauges while the database is away
+
+#[test]
+fn while_postgres_is_down_metrics_say_database_up_0_and_leave_the_queue_gauges_out() {
+    run_case(Duration::from_secs(90), database_down_gauges());
+}
+
+/// `/metrics` of `base`, as text.
+async fn scrape(client: &reqwest::Client, base: &str) -> String {
+    let response = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(
+        response.status(),
+        200,
+        "/metrics answers whatever the database does"
+    );
+    response.text().await.expect("metrics text")
+}
+
+/// Scrapes until `pred` holds; panics with the last scrape after `limit`.
+async fn scrape_until(
+    client: &reqwest::Client,
+    base: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = scrape(client, base).await;
+        if pred(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen in {limit:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn database_down_gauges() {
+    let mut pg = PrivatePg::start("gauges").await;
+    let (mut serve, base) = Postback::serve("serve", &pg.url(), &[]).await;
+    let client = http();
+    let has_queue = |t: &str| {
+        t.contains("postback_queue_depth{") && t.contains("\npostback_oldest_due_seconds ")
+    };
+    scrape_until(
+        &client,
+        &base,
+        Duration::from_secs(15),
+        "database up with queue gauges",
+        |t| t.contains("\npostback_database_up 1\n") && has_queue(t),
+    )
+    .await;
+
+    pg.stop_for_restart().await;
+    let down = scrape_until(
+        &client,
+        &base,
+        Duration::from_secs(20),
+        "database_up 0",
+        |t| t.contains("\npostback_database_up 0\n"),
+    )
+    .await;
+    assert!(
+        !down.contains("postback_queue_depth"),
+        "frozen queue gauges:\n{down}"
+    );
+    assert!(
+        !down.contains("postback_oldest_due_seconds"),
+        "frozen oldest-due:\n{down}"
+    );
+    // And they stay out for as long as it is down.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let still = scrape(&client, &base).await;
+    assert!(still.contains("\npostback_database_up 0\n"), "{still}");
+    assert!(!still.contains("postback_queue_depth"), "{still}");
+
+    pg.start_again().await;
+    scrape_until(
+        &client,
+        &base,
+        Duration::from_secs(20),
+        "gauges back",
+        |t| t.contains("\npostback_database_up 1\n") && has_queue(t),
+    )
+    .await;
+    serve.stop(Duration::from_secs(20)).await;
+}

@@ -176,7 +176,7 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { handle.render() }
+            async move { crate::metrics::render(&handle) }
         }),
     )
 }

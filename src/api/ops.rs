@@ -49,6 +49,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         crate::store::ping(&state.pool),
     )
     .await;
+    crate::metrics::database_reached(matches!(ping, Ok(true)));
     if matches!(ping, Ok(true)) {
         Json(Health { status: "ready" }).into_response()
     } else {
@@ -80,7 +81,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4",
             )],
-            handle.render(),
+            crate::metrics::render(handle),
         )
             .into_response(),
         None => ApiError::new(

@@ -179,7 +179,7 @@ fn filter(
 ) -> Filter {
     Filter {
         status,
-        since: since.map(|d| time::OffsetDateTime::now_utc() - d),
+        since,
         host,
         job,
         limit,
@@ -316,16 +316,17 @@ pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
         println!("would replay {} deliveries", ids.len());
         return Ok(());
     }
-    let start = time::OffsetDateTime::now_utc();
+    // The due times are compared with the database's clock: start from it.
+    let start: time::OffsetDateTime = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| Failure::runtime(crate::error::Error::from(e)))?;
     let mut replayed = 0usize;
     let mut problems = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         // --rate spreads the due times, so the workers (not this command)
         // pace the recovering receiver, and the command returns at once.
-        let due = match rate {
-            Some(r) => start + Duration::from_secs_f64(i as f64 / r),
-            None => start,
-        };
+        let due = rate.map(|r| start + Duration::from_secs_f64(i as f64 / r));
         let outcome = store::deliveries::replay(&pool, &schema, *id, due)
             .await
             .map_err(Failure::runtime)?;

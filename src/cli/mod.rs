@@ -133,6 +133,10 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(run(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.code == 0 => {
+            eprintln!("postback: {:#}", failure.error);
+            ExitCode::SUCCESS
+        }
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
             ExitCode::from(failure.code)
@@ -157,6 +161,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Start failures: a setting to fix or something to install is exit 2.
 pub fn start_failure(err: crate::runtime::StartError) -> Failure {
+    if matches!(err, crate::runtime::StartError::Interrupted) {
+        // Asked to stop and stopped (everything it had started is stopped
+        // too): the same exit as a SIGTERM after start-up.
+        tracing::info!("stopped during start-up");
+        return Failure {
+            error: anyhow::anyhow!("stopped by a signal during start-up"),
+            code: 0,
+        };
+    }
     if err.is_usage() {
         Failure::usage(err)
     } else {

@@ -13,7 +13,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     config.validate_api().map_err(Failure::usage)?;
     super::init_logging(config.log_format);
     let shutdown = super::shutdown_on_signals();
-    let process = Process::start(config, Role::Serve)
+    let process = Process::start_until(config, Role::Serve, &shutdown)
         .await
         .map_err(super::start_failure)?;
     process.run(shutdown).await.context("serve failed")?;

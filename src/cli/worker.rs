@@ -21,7 +21,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     }
     super::init_logging(config.log_format);
     let shutdown = super::shutdown_on_signals();
-    let process = Process::start(config, Role::Worker)
+    let process = Process::start_until(config, Role::Worker, &shutdown)
         .await
         .map_err(super::start_failure)?;
     process.run(shutdown).await.context("worker failed")?;

@@ -25,6 +25,9 @@ use super::secrets::Secrets;
 /// How much of a response is kept.
 pub const SNIPPET_BYTES: usize = 1024;
 const FILE_CHUNK: usize = 64 * 1024;
+/// How long the snippet of a response may take to read once its headers
+/// arrived (SPEC §3: bounded on its own, never a failure).
+pub const SNIPPET_READ: Duration = Duration::from_secs(2);
 
 /// What one attempt produced.
 #[derive(Debug, Clone)]
@@ -48,13 +51,6 @@ impl AttemptReport {
     pub fn is_gone(&self) -> bool {
         self.status_code == Some(410)
     }
-}
-
-/// The answer of a receiver, as far as an attempt reads it.
-struct Answer {
-    status: u16,
-    snippet: Option<String>,
-    retry_after: Option<Duration>,
 }
 
 /// Sends attempts; one per process, shared by every worker task.
@@ -86,22 +82,50 @@ impl Sender {
         }
     }
 
+    /// The fairness key of the address an attempt of `d` connects to, if
+    /// it resolves (see [`crate::egress::ip_key`]).
+    pub async fn address_key(&self, d: &Claimed) -> Option<String> {
+        let url = reqwest::Url::parse(&d.url).ok()?;
+        let ip = self.egress.address_of(&url).await?;
+        Some(crate::egress::ip_key(ip))
+    }
+
+    /// The attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Makes one attempt of `d`.
+    ///
+    /// The attempt timeout bounds everything up to the response's status and
+    /// headers; the status decides the outcome there (SPEC §3). The snippet
+    /// is read after that under its own bound ([`SNIPPET_READ`]): a receiver
+    /// that answers 200 and then stalls its body has still been delivered to,
+    /// and resending would only duplicate the callback.
     pub async fn attempt(&self, d: &Claimed) -> AttemptReport {
         let started_at = OffsetDateTime::now_utc();
         let clock = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.send(d, started_at)).await;
         let duration = clock.elapsed();
         let (outcome, status_code, snippet, retry_after) = match result {
-            Ok(Ok(answer)) if (200..300).contains(&answer.status) => {
-                (Outcome::Success, Some(answer.status), answer.snippet, None)
+            Ok(Ok(response)) => {
+                let status = response.status().as_u16();
+                let retry_after = match status {
+                    429 | 503 => response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+                    _ => None,
+                };
+                let snippet = read_snippet(response, SNIPPET_READ).await;
+                let outcome = if (200..300).contains(&status) {
+                    Outcome::Success
+                } else {
+                    Outcome::HttpError
+                };
+                (outcome, Some(status), snippet, retry_after)
             }
-            Ok(Ok(answer)) => (
-                Outcome::HttpError,
-                Some(answer.status),
-                answer.snippet,
-                answer.retry_after,
-            ),
             Ok(Err(failure)) => (
                 failure.outcome,
                 None,
@@ -125,7 +149,11 @@ impl Sender {
         }
     }
 
-    async fn send(&self, d: &Claimed, started_at: OffsetDateTime) -> Result<Answer, Failure> {
+    async fn send(
+        &self,
+        d: &Claimed,
+        started_at: OffsetDateTime,
+    ) -> Result<reqwest::Response, Failure> {
         let url =
             reqwest::Url::parse(&d.url).map_err(|e| Failure::other(format!("bad url: {e}")))?;
         self.egress.preflight(&url).await.map_err(|e| match e {
@@ -173,22 +201,7 @@ impl Sender {
                 request.headers(headers)
             }
         };
-        let response = request.send().await.map_err(classify)?;
-        let status = response.status().as_u16();
-        let retry_after = match status {
-            429 | 503 => response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
-            _ => None,
-        };
-        let snippet = read_snippet(response).await;
-        Ok(Answer {
-            status,
-            snippet,
-            retry_after,
-        })
+        request.send().await.map_err(classify)
     }
 
     fn headers(&self, d: &Claimed, msg_id: &str, timestamp: i64) -> Result<HeaderMap, Failure> {
@@ -294,12 +307,14 @@ fn classify(err: reqwest::Error) -> Failure {
     Failure::new(outcome, message)
 }
 
-/// Reads up to [`SNIPPET_BYTES`] of the body. A body that fits is read to
-/// its end so the connection goes back to the keep-alive pool.
-async fn read_snippet(response: reqwest::Response) -> Option<String> {
+/// Reads up to [`SNIPPET_BYTES`] of the body, for at most `limit`; what
+/// arrived by then is kept. A body that fits is read to its end so the
+/// connection goes back to the keep-alive pool.
+async fn read_snippet(response: reqwest::Response, limit: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut stream = response.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
         let Ok(chunk) = chunk else { break };
         let room = SNIPPET_BYTES.saturating_sub(buf.len());
         buf.extend_from_slice(&chunk[..chunk.len().min(room)]);

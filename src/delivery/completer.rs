@@ -28,6 +28,7 @@ pub const FLUSH_BATCH: usize = 1024;
 pub async fn run(
     pool: PgPool,
     schema: Schema,
+    retain: Duration,
     mut rx: UnboundedReceiver<Completion>,
     waker: Waker,
     breakers: std::sync::Arc<super::breakers::Breakers>,
@@ -47,17 +48,17 @@ pub async fn run(
                 while let Ok(c) = rx.try_recv() {
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
-                        flush(&pool, &schema, &batch).await;
+                        flush(&pool, &schema, retain, &batch).await;
                         breakers.after_flush(&pool, &schema, &batch, &waker).await;
                         batch.clear();
                     }
                 }
-                flush(&pool, &schema, &batch).await;
+                flush(&pool, &schema, retain, &batch).await;
                 breakers.after_flush(&pool, &schema, &batch, &waker).await;
                 return;
             }
         }
-        flush(&pool, &schema, &batch).await;
+        flush(&pool, &schema, retain, &batch).await;
         breakers.after_flush(&pool, &schema, &batch, &waker).await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
@@ -69,10 +70,14 @@ pub async fn run(
     }
 }
 
+/// A retry due when (or within a second after) its attempt ended. Judged
+/// from the completion's own times, which are on the database's clock, not
+/// against this process's clock.
 fn is_due_now(c: &Completion) -> bool {
+    let ended = c.started_at + time::Duration::milliseconds(i64::from(c.duration_ms));
     c.state == DeliveryState::Pending
         && c.next_attempt_at
-            .is_some_and(|at| at <= time::OffsetDateTime::now_utc())
+            .is_some_and(|at| at <= ended + time::Duration::SECOND)
 }
 
 /// Connectivity errors arrive as [`Error::Unavailable`] (see the `From`
@@ -90,11 +95,12 @@ const FLUSH_GIVE_UP: Duration = Duration::from_secs(180);
 /// the database coming back.
 const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
+/// Writes `batch`; final deliveries are kept for `retain` (the TTL).
+async fn flush(pool: &PgPool, schema: &Schema, retain: Duration, batch: &[Completion]) {
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
-        match claim::complete(pool, schema, batch).await {
+        match claim::complete(pool, schema, batch, retain).await {
             Ok(written) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(
@@ -109,7 +115,7 @@ async fn flush(pool: &PgPool, schema: &Schema, batch: &[Completion]) {
                 // others: write them one by one.
                 tracing::warn!(%err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
-                    Box::pin(flush(pool, schema, std::slice::from_ref(one))).await;
+                    Box::pin(flush(pool, schema, retain, std::slice::from_ref(one))).await;
                 }
                 return;
             }

@@ -17,7 +17,6 @@
 mod attempt;
 mod breakers;
 mod completer;
-
 mod secrets;
 
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -38,7 +36,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::error::Result;
 use crate::queue::claim::{self, Claimed, Completion};
-use crate::queue::{handoff, wake, Capacity, Handoff, Room, Waker};
+use crate::queue::{handoff, wake, Capacity, DbClock, Handoff, Room, Waker};
 use crate::schedule::{next_attempt_after, Next, RetryPolicy};
 use crate::signing::SigningSecret;
 use crate::state::{Completed, DeliveryState};
@@ -54,6 +52,9 @@ pub const CLAIM_BATCH: usize = 512;
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The recorded error of a delivery ended by `410 Gone`.
 pub const GONE: &str = "gone";
+/// Slack an attempt keeps from the end of its lease (clock reads, the
+/// outcome's way to the completer).
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Pause when due work exists but other workers' claims hold it.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(20);
 
@@ -77,6 +78,8 @@ pub struct Dispatcher {
     schema: Schema,
     engine: Engine,
     lease: Duration,
+    /// How long a final delivery is kept (`POSTBACK_JOB_TTL`).
+    retain: Duration,
     waker: Waker,
     handoff: Handoff,
     handed_off: handoff::Receiver,
@@ -90,7 +93,14 @@ struct Engine {
     sender: Arc<Sender>,
     retry: RetryPolicy,
     capacity: Capacity,
+    /// The database's clock: due times are written on it.
+    clock: DbClock,
     done: mpsc::UnboundedSender<Completion>,
+    /// How long a claim leases a delivery.
+    lease: Duration,
+    /// To hand a delivery back that could not get a slot of its address.
+    pool: PgPool,
+    schema: Schema,
 }
 
 impl Engine {
@@ -100,12 +110,93 @@ impl Engine {
         let sender = self.sender.clone();
         let done = self.done.clone();
         let retry = self.retry;
+        let clock = self.clock.clone();
+        let lease = time::Duration::try_from(self.lease).unwrap_or(time::Duration::MAX);
+        let capacity = self.capacity.clone();
+        let (pool, schema) = (self.pool.clone(), self.schema.clone());
         let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
+                // No attempt may run past its lease (another worker may
+                // take the delivery then): what is left of the lease, by the
+                // database's clock it was granted on, must hold the whole
+                // attempt (timeout, then the snippet's own bound) with room
+                // to spare; the waits before it get only what remains.
+                let lease_end = d.claimed_at + lease;
+                let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
+                let attempt_needs = sender.timeout() + attempt::SNIPPET_READ + LEASE_MARGIN;
+                let may_wait = left_of_lease
+                    .saturating_sub(attempt_needs)
+                    .min(sender.timeout());
+                // Per-address fairness (SPEC §3): the address this attempt
+                // connects to has a slot for it, however its host is named.
+                let deadline = tokio::time::Instant::now() + may_wait;
+                let key = tokio::time::timeout_at(deadline, sender.address_key(&d))
+                    .await
+                    .ok()
+                    .flatten();
+                let address = match key {
+                    Some(key) => {
+                        capacity.learn(&d.host, &key);
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match capacity.take_address(&key, left).await {
+                            Some(slot) => Some(slot),
+                            None => {
+                                // Still full: hand it back rather than exceed
+                                // the limit. Its host now counts as full
+                                // while the address is, so it is not claimed
+                                // again until there is room.
+                                drop(room);
+                                tracing::debug!(address = %key, "address full; delivery handed back");
+                                if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                                    tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                                }
+                                return;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                // A body too large to come with the claim is read now, under
+                // the process's byte budget for bodies (SPEC §3), and let go
+                // with the attempt.
+                let mut d = d;
+                let mut body_bytes = None;
+                if d.body.is_none() && d.body_len > 0 {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let read = match capacity.take_body_bytes(d.body_len, left).await {
+                        Some(permit) => {
+                            body_bytes = Some(permit);
+                            claim::body_of(&pool, &schema, d.id).await.ok().flatten()
+                        }
+                        None => None,
+                    };
+                    match read {
+                        Some(body) => d.body = Some(body),
+                        None => {
+                            drop((address, room, body_bytes));
+                            tracing::debug!(len = d.body_len, "body not read in time; delivery handed back");
+                            if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                                tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                            }
+                            return;
+                        }
+                    }
+                }
+                let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
+                if left_of_lease < attempt_needs {
+                    drop((address, room, body_bytes));
+                    tracing::warn!(?left_of_lease, "too little of the lease left for an attempt; delivery handed back");
+                    if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
+                        tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                    }
+                    return;
+                }
                 let report = sender.attempt(&d).await;
+                drop(body_bytes);
+                drop(address);
                 drop(room);
-                let completion = completion_for(&d, &report, &retry);
+                let completion = completion_for(&d, &report, &retry, &clock);
                 record_metrics(&d, &report, &completion);
                 let _ = done.send(completion);
             }
@@ -125,8 +216,9 @@ enum Turn {
 }
 
 impl Dispatcher {
-    /// Workers for `config` on `pool`, signing deliveries without a
-    /// customer with `secret` (customers' deliveries with their own).
+    /// Workers for `config` on `pool`, signing with `secret`.
+    /// Deliveries without a customer are signed with `secret`, customers'
+    /// deliveries with their own.
     pub fn new(
         pool: PgPool,
         config: &Config,
@@ -152,7 +244,8 @@ impl Dispatcher {
         // Long enough that a live worker always completes first: the
         // attempt itself is bounded by the timeout, the rest is slack.
         let lease = config.attempt_timeout * 2 + Duration::from_secs(30);
-        let (handoff, handed_off) = handoff::channel(capacity.clone(), lease);
+        let clock = DbClock::default();
+        let (handoff, handed_off) = handoff::channel(capacity.clone(), lease, clock.clone());
         let schema = Schema::new(config.db_schema.clone());
         let keys = Arc::new(config.keyring()?);
         let secrets = Arc::new(Secrets::new(
@@ -172,18 +265,23 @@ impl Dispatcher {
                 .map(|url| crate::events::Events::new(url, config.job_ttl)),
         });
         Ok(Dispatcher {
-            pool,
-            breakers,
+            pool: pool.clone(),
             secrets: secrets.clone(),
-            schema,
+            breakers,
+            schema: Schema::new(config.db_schema.clone()),
             engine: Engine {
                 sender: Arc::new(Sender::new(egress, secrets, keys, config.attempt_timeout)),
                 retry: config.retry_policy(),
                 capacity,
+                clock,
                 done,
+                lease,
+                pool,
+                schema: Schema::new(config.db_schema.clone()),
             },
             done_rx,
             lease,
+            retain: config.job_ttl,
             waker,
             handoff,
             handed_off,
@@ -208,11 +306,12 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Dispatcher {
             pool,
-            breakers,
             secrets,
+            breakers,
             schema,
             engine,
             lease,
+            retain,
             waker,
             handoff,
             handed_off,
@@ -224,11 +323,14 @@ impl Dispatcher {
         let completer = tokio::spawn(completer::run(
             pool.clone(),
             schema.clone(),
+            retain,
             done_rx,
             waker.clone(),
             breakers.clone(),
             helpers.clone(),
         ));
+        let listener = tokio::spawn(wake::listen(pool.clone(), waker.clone(), helpers.clone()));
+        let follower = tokio::spawn(secrets.follow_changes(helpers.clone()));
         let prober = tokio::spawn(breakers::Breakers::probe(
             (*breakers).clone(),
             pool.clone(),
@@ -236,8 +338,6 @@ impl Dispatcher {
             waker.clone(),
             helpers.clone(),
         ));
-        let listener = tokio::spawn(wake::listen(pool.clone(), waker.clone(), helpers.clone()));
-        let follower = tokio::spawn(secrets.follow_changes(helpers.clone()));
         let consumer = tokio::spawn(take_handoffs(handed_off, engine.clone()));
         let mut claims = ClaimLoop {
             pool,
@@ -349,8 +449,13 @@ impl ClaimLoop {
             free as i64,
             self.lease.as_secs_f64(),
             room,
+            i64::try_from(self.engine.capacity.inline_max()).unwrap_or(i64::MAX),
         )
         .await?;
+        crate::metrics::database_reached(true);
+        if let Some(first) = claimed.first() {
+            self.engine.clock.observe(first.claimed_at);
+        }
         self.backoff = None;
         Ok(claimed)
     }
@@ -365,6 +470,9 @@ impl ClaimLoop {
             .get_or_insert_with(claim_backoff)
             .next()
             .unwrap_or(CLAIM_BACKOFF_MAX);
+        if err.is_unavailable() {
+            crate::metrics::database_reached(false);
+        }
         tracing::warn!(%err, ?wait, "claim failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => Turn::Stop,
@@ -394,9 +502,7 @@ impl ClaimLoop {
         if items.is_empty() {
             return;
         }
-        if let Err(err) =
-            claim::release(&self.pool, &self.schema, items, OffsetDateTime::now_utc()).await
-        {
+        if let Err(err) = claim::release(&self.pool, &self.schema, items).await {
             tracing::warn!(%err, n = items.len(), "could not release claimed deliveries; their lease will expire");
         }
     }
@@ -404,11 +510,17 @@ impl ClaimLoop {
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
     async fn idle(&self, shutdown: &CancellationToken) {
         let full = self.engine.capacity.full_hosts();
+        // Measured on the database's clock, which decides when it is due.
         let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
-            Ok(Some(at)) => Duration::try_from(at - OffsetDateTime::now_utc())
-                .unwrap_or(Duration::ZERO)
-                .min(IDLE_POLL),
-            _ => IDLE_POLL,
+            Ok((next, db_now)) => {
+                self.engine.clock.observe(db_now);
+                next.map_or(IDLE_POLL, |at| {
+                    Duration::try_from(at - db_now)
+                        .unwrap_or(Duration::ZERO)
+                        .min(IDLE_POLL)
+                })
+            }
+            Err(_) => IDLE_POLL,
         };
         // Zero: due work of hosts with room exists but was not ours (rows
         // locked by other workers' claims): back off briefly instead of
@@ -427,16 +539,28 @@ impl ClaimLoop {
 }
 
 /// The delivery's next state after `report`, per the retry schedule.
-pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) -> Completion {
+///
+/// The schedule is a pure function; its inputs are on the database's clock
+/// (`clock`, as read at the claim): the stored cycle start already is, and
+/// the attempt's start is moved onto it. SQL compares the due time written
+/// here with `now()`, so an immediate retry is due at once whatever this
+/// process's own clock says.
+pub fn completion_for(
+    d: &Claimed,
+    report: &AttemptReport,
+    retry: &RetryPolicy,
+    clock: &DbClock,
+) -> Completion {
+    let started_at = clock.to_db(report.started_at);
     let (state, next) = if report.outcome == Outcome::Success {
         (DeliveryState::Delivered, None)
     } else if report.is_gone() {
         // 410: the receiver says the endpoint is gone for good.
         (DeliveryState::Failed, None)
     } else {
-        let first = d.cycle_started_at.unwrap_or(report.started_at);
+        let first = d.cycle_started_at.unwrap_or(started_at);
         let made = (d.cycle_attempts.max(0) as u32).saturating_add(1);
-        let failed_at = report.started_at + report.duration;
+        let failed_at = started_at + report.duration;
         match next_attempt_after(retry, made, first, failed_at, report.retry_after) {
             Next::At(at) => (DeliveryState::Pending, Some(at)),
             Next::GiveUp => (DeliveryState::Failed, None),
@@ -449,7 +573,7 @@ pub fn completion_for(d: &Claimed, report: &AttemptReport, retry: &RetryPolicy) 
         kind: d.kind,
         state,
         next_attempt_at: next,
-        started_at: report.started_at,
+        started_at,
         duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
         status_code: report.status_code.map(i32::from),
         error: match report.outcome {
@@ -471,7 +595,8 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
         DeliveryState::Delivered => {
             metrics::counter!(m::DELIVERIES_COMPLETED, "result" => Completed::Delivered.as_str())
                 .increment(1);
-            let latency = (report.started_at + report.duration) - d.queued_at;
+            // Both on the database's clock.
+            let latency = (completion.started_at + report.duration) - d.queued_at;
             metrics::histogram!(m::DELIVERY_LATENCY).record(latency.as_seconds_f64().max(0.0));
             tracing::debug!(status = ?report.status_code, "delivered");
         }
@@ -483,5 +608,84 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
         DeliveryState::Pending | DeliveryState::Delivering => {
             tracing::info!(outcome, status = ?report.status_code, next = ?completion.next_attempt_at, "attempt failed; retry scheduled")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Method;
+    use crate::state::DeliveryKind;
+    use time::OffsetDateTime;
+
+    fn claimed(cycle_attempts: i32, cycle_started_at: Option<OffsetDateTime>) -> Claimed {
+        let now = OffsetDateTime::now_utc();
+        Claimed {
+            id: uuid::Uuid::now_v7(),
+            job_id: None,
+            kind: DeliveryKind::Generic,
+            method: Method::Post,
+            url: "http://example.org/".into(),
+            host: "example.org".into(),
+            customer_id: None,
+            origin: Some("http://example.org:80".into()),
+            lease: uuid::Uuid::now_v7(),
+            cycle_attempts,
+            cycle_started_at,
+            queued_at: now,
+            claimed_at: now,
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            auth: None,
+            body: None,
+            body_len: 0,
+            file_path: None,
+        }
+    }
+
+    fn failed_now() -> AttemptReport {
+        AttemptReport {
+            started_at: OffsetDateTime::now_utc(),
+            duration: Duration::from_millis(20),
+            outcome: Outcome::HttpError,
+            status_code: Some(503),
+            snippet: None,
+            retry_after: None,
+        }
+    }
+
+    /// This process's clock runs an hour ahead of the database's: the
+    /// immediate retry must be due by the database's clock at once, not an
+    /// hour from its point of view (the old code wrote the process's time).
+    #[test]
+    fn due_times_are_written_on_the_database_clock() {
+        use time::Duration as Span;
+        let clock = DbClock::default();
+        let db_now = OffsetDateTime::now_utc() - Span::hours(1);
+        clock.observe(db_now);
+        let retry = RetryPolicy::default();
+
+        let first = completion_for(&claimed(0, None), &failed_now(), &retry, &clock);
+        assert_eq!(first.state, DeliveryState::Pending);
+        let due = first.next_attempt_at.expect("an immediate retry");
+        assert!(
+            (due - db_now).abs() < Span::seconds(5),
+            "immediate retry due at {due}, the database's now is {db_now}"
+        );
+        // The attempt's start (which becomes the cycle's start, and with it
+        // the give-up horizon) is on the database's clock as well.
+        assert!((first.started_at - db_now).abs() < Span::seconds(5));
+
+        // The horizon is the database's: a cycle that started 36 h ago by
+        // the database's clock gives up now, whatever this process thinks.
+        let started = db_now - Span::hours(36);
+        let last = completion_for(&claimed(10, Some(started)), &failed_now(), &retry, &clock);
+        assert_eq!(last.state, DeliveryState::Failed);
+        // ...and one that started 35 h ago by it is still retried.
+        let started = db_now - Span::hours(35);
+        let mid = completion_for(&claimed(3, Some(started)), &failed_now(), &retry, &clock);
+        assert_eq!(mid.state, DeliveryState::Pending);
+        let next = mid.next_attempt_at.expect("a retry");
+        assert!(next <= started + Span::hours(36), "{next} past the horizon");
     }
 }

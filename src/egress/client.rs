@@ -181,6 +181,24 @@ impl Egress {
         })
     }
 
+    /// The address an attempt to `url` connects to (the first permitted one
+    /// its name resolves to, from the resolver's cache when fresh; the IP of
+    /// a literal), for per-address fairness. `None` when it does not resolve
+    /// to a permitted address: the attempt then fails on its own.
+    pub async fn address_of(&self, url: &Url) -> Option<IpAddr> {
+        match url.host()? {
+            Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+            Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+            Host::Domain(name) => self
+                .resolver
+                .resolve_permitted(name)
+                .await
+                .ok()?
+                .first()
+                .copied(),
+        }
+    }
+
     /// The pooled delivery client (cheap to clone).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

@@ -31,4 +31,4 @@ pub use client::{
 };
 pub use policy::{builtin_denies, CidrListError, EgressPolicy};
 pub use resolver::{is_blocked, BlockReason, BlockedDestination, GuardedResolver, ResolveFailure};
-pub use url_check::{check_destination, DestinationError};
+pub use url_check::{check_destination, host_key, ip_key, DestinationError};

@@ -104,6 +104,33 @@ pub fn check_destination(policy: &EgressPolicy, raw: &str) -> Result<Url, Destin
     Ok(url)
 }
 
+/// The key a destination is counted under for per-host fairness (SPEC §1
+/// `POSTBACK_PER_HOST_CONCURRENCY`): the host in lower case without
+/// trailing dots, an IPv4-mapped IPv6 address as the IPv4 address it
+/// denotes, so `127.0.0.2`, `[::ffff:127.0.0.2]` and `EXAMPLE.org.` /
+/// `example.org` each count as one destination however they are spelled.
+pub fn host_key(url: &Url) -> String {
+    match url.host() {
+        Some(Host::Ipv4(v4)) => ip_key(IpAddr::V4(v4)),
+        Some(Host::Ipv6(v6)) => ip_key(IpAddr::V6(v6)),
+        Some(Host::Domain(name)) => name.trim_end_matches('.').to_ascii_lowercase(),
+        None => String::new(),
+    }
+}
+
+/// The fairness key of an address: IPv4 dotted, an IPv4-mapped IPv6
+/// address unwrapped to its IPv4 address, other IPv6 in brackets (as a URL
+/// spells it, so stored hosts read the same).
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{v6}]"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +454,17 @@ mod tests {
             let raw = format!("https://[{host}]:1/");
             assert_refused_if_oracle_says(&raw)?;
         }
+    }
+
+    #[test]
+    fn one_destination_has_one_host_key_however_it_is_spelled() {
+        let key = |raw: &str| host_key(&Url::parse(raw).expect("url"));
+        assert_eq!(key("http://127.0.0.2/"), "127.0.0.2");
+        assert_eq!(key("http://[::ffff:127.0.0.2]/"), "127.0.0.2");
+        assert_eq!(key("http://[::FFFF:7f00:2]:8080/x"), "127.0.0.2");
+        assert_eq!(key("http://2130706434/"), "127.0.0.2");
+        assert_eq!(key("https://Example.ORG./cb"), "example.org");
+        assert_eq!(key("https://example.org/cb"), "example.org");
+        assert_eq!(key("http://[2001:DB8::1]/"), "[2001:db8::1]");
     }
 }

@@ -28,9 +28,10 @@ const QUEUE: usize = 8192;
 struct Item {
     row: NewDelivery,
     lease: Option<(Uuid, Duration)>,
-    /// Answered with whether the row was stored held (its origin's breaker
-    /// is open) instead of leased.
-    done: oneshot::Sender<Result<bool>>,
+    /// The row comes back once committed: it is moved through the writer,
+    /// never copied (a body can be megabytes); with it, whether it was
+    /// stored held by an open breaker instead of leased.
+    done: oneshot::Sender<Result<(NewDelivery, bool)>>,
 }
 
 /// Submits deliveries to the group-commit writers (cheap to clone).
@@ -57,9 +58,13 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Stores `row` (leased when `lease` is set); returns once committed,
+    /// Stores `row` (leased when `lease` is set); returns it once committed,
     /// with whether it was stored held by an open breaker instead.
-    pub async fn submit(&self, row: NewDelivery, lease: Option<(Uuid, Duration)>) -> Result<bool> {
+    pub async fn submit(
+        &self,
+        row: NewDelivery,
+        lease: Option<(Uuid, Duration)>,
+    ) -> Result<(NewDelivery, bool)> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Item { row, lease, done })
@@ -81,28 +86,31 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
                 return;
             }
         }
-        let rows: Vec<NewDelivery> = items.iter().map(|i| i.row.clone()).collect();
-        let leases: Vec<_> = items.iter().map(|i| i.lease).collect();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut leases = Vec::with_capacity(items.len());
+        let mut dones = Vec::with_capacity(items.len());
+        for Item { row, lease, done } in items.drain(..) {
+            rows.push(row);
+            leases.push(lease);
+            dones.push(done);
+        }
         let stored = store(&pool, &schema, &rows, &leases).await;
         match stored {
             Ok(held) => {
-                for item in items.drain(..) {
-                    let _ = item.done.send(Ok(held.contains(&item.row.id)));
+                for (row, done) in rows.into_iter().zip(dones) {
+                    let was_held = held.contains(&row.id);
+                    let _ = done.send(Ok((row, was_held)));
                 }
             }
             // The batch failed as a whole: store each on its own, so every
             // request gets its own answer and one bad row fails alone.
             Err(_) => {
-                for item in items.drain(..) {
-                    let one = store(
-                        &pool,
-                        &schema,
-                        std::slice::from_ref(&item.row),
-                        &[item.lease],
-                    )
-                    .await
-                    .map(|held| held.contains(&item.row.id));
-                    let _ = item.done.send(one);
+                for ((row, lease), done) in rows.into_iter().zip(leases).zip(dones) {
+                    let one = store(&pool, &schema, std::slice::from_ref(&row), &[lease]).await;
+                    let _ = done.send(one.map(|held| {
+                        let was_held = held.contains(&row.id);
+                        (row, was_held)
+                    }));
                 }
             }
         }

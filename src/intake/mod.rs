@@ -113,15 +113,6 @@ impl Postback {
         }
     }
 
-    /// `from` + POSTBACK_JOB_TTL, saturating at the latest representable
-    /// time instead of panicking on an absurd TTL.
-    fn expiry(&self, from: OffsetDateTime) -> OffsetDateTime {
-        time::Duration::try_from(self.job_ttl)
-            .ok()
-            .and_then(|ttl| from.checked_add(ttl))
-            .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc())
-    }
-
     /// The schema this handle reads and writes.
     pub fn schema(&self) -> &Schema {
         &self.schema
@@ -158,21 +149,17 @@ impl Postback {
                 spec: sealed::seal_spec(&self.keys, spec),
             })
             .collect();
-        let now = now_millis();
-        let row = JobRow {
+        let row = store::jobs::JobInsert {
             id: id.clone(),
             request: self.sealed_request(&job),
             metadata: job.metadata.clone(),
             customer_id: job.customer_id.clone(),
             callbacks: serde_json::to_value(&callbacks).unwrap_or(Value::Null),
-            status: JobState::InProgress,
-            result: None,
-            created_at: now,
-            expires_at: self.expiry(now),
         };
-        let (stored, created) = store::jobs::insert(&mut conn, &self.schema, &row).await?;
+        let (stored, created) =
+            store::jobs::insert(&mut conn, &self.schema, &row, self.job_ttl).await?;
         if !created {
-            if stored.expires_at <= OffsetDateTime::now_utc() {
+            if stored.expired {
                 return Err(expired(&stored));
             }
             if self.opened_request(&stored.request)? != request {
@@ -209,28 +196,50 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         validate::job_result(&result)?;
-        let mut tx = db.begin().await?;
-        let Some(job) = store::jobs::find(&mut *tx, &self.schema, job_id, true).await? else {
-            return Err(self.missing_job(&mut tx, job_id).await);
+        let mut conn = db.acquire().await?;
+        let Some(job) = store::jobs::find(&mut *conn, &self.schema, job_id, false).await? else {
+            return Err(self.missing_job(&mut conn, job_id).await);
         };
-        if job.expires_at <= OffsetDateTime::now_utc() {
-            return Err(expired(&job));
-        }
-        if job.status != JobState::InProgress {
-            return Err(Error::Conflict {
-                code: ErrorCode::ResultExists,
-                message: format!("job {job_id} already has a result; a job takes one result"),
-            });
-        }
+        may_take_result(&job)?;
         let callbacks: Vec<StoredCallback> = serde_json::from_value(job.callbacks.clone())
             .map_err(|e| Error::Database(sqlx::Error::Decode(Box::new(e))))?;
-        let deliveries = self.deliveries_for(&job, &callbacks, &result)?;
-        store::deliveries::insert(&mut tx, &self.schema, &deliveries).await?;
+        // Rendering a large result takes long (seconds for megabytes of
+        // words): it runs on a blocking thread, so the runtime's timers (and
+        // the attempts and leases they bound) are not held up, and before
+        // the transaction, so no lock is held meanwhile. Each distinct body
+        // is rendered once and shared by every callback that sends it.
         let status = match result.status {
             ResultStatus::Finished => JobState::Completed,
             ResultStatus::Failed => JobState::Failed,
         };
+        let this = self.clone();
+        let (rendered, result) = tokio::task::spawn_blocking(move || {
+            let rendered = this.render_result(&job, &callbacks, &result);
+            (rendered, result)
+        })
+        .await
+        .map_err(|e| {
+            // A renderer panicked: nothing was stored.
+            tracing::error!(%e, job_id, "rendering the result's callbacks failed");
+            Error::Database(sqlx::Error::WorkerCrashed)
+        })?;
+        let Rendered { deliveries, bodies } = rendered?;
         let stored = serde_json::to_value(&result).unwrap_or(Value::Null);
+        drop(result);
+
+        let mut tx = (&mut *conn).begin().await?;
+        // The job may have been given a result (or expired) while we rendered.
+        let Some(job) = store::jobs::find(&mut *tx, &self.schema, job_id, true).await? else {
+            return Err(self.missing_job(&mut tx, job_id).await);
+        };
+        may_take_result(&job)?;
+        let shared: Vec<Option<&[u8]>> = bodies
+            .iter()
+            .map(|b| b.as_deref().map(Vec::as_slice))
+            .collect();
+        store::deliveries::insert_with_bodies(&mut tx, &self.schema, &deliveries, &shared).await?;
+        drop(shared);
+        drop(bodies);
         store::jobs::set_result(&mut tx, &self.schema, job_id, status, &stored).await?;
         self.notify_in_tx(&mut tx).await?;
         let job = store::jobs::find(&mut *tx, &self.schema, job_id, false)
@@ -267,7 +276,9 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref()));
+        let body_len = row.body.as_ref().map_or(0, Vec::len);
+        let reservation =
+            handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref(), body_len));
         let lease = reservation.as_ref().map(Reservation::lease);
         let mut conn = db.acquire().await?;
         // A leased row needs no wake-up: its attempt starts here.
@@ -286,9 +297,12 @@ impl Postback {
         handoff: Option<&Handoff>,
     ) -> Result<(Uuid, bool)> {
         let row = self.generic_row(delivery)?;
-        let reservation = handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref()));
+        let body_len = row.body.as_ref().map_or(0, Vec::len);
+        let reservation =
+            handoff.and_then(|h| h.reserve(&row.host, row.customer_id.as_deref(), body_len));
         let lease = reservation.as_ref().map(Reservation::lease);
-        let held = batcher.submit(row.clone(), lease).await?;
+        // Moved through the writer and back, never copied.
+        let (row, held) = batcher.submit(row, lease).await?;
         Ok(self.accepted(row, handoff, reservation.filter(|_| !held)))
     }
 
@@ -313,7 +327,10 @@ impl Postback {
             auth: None,
             body: Some(body),
             file_path: None,
-            expires_at: self.expiry(now_millis()),
+            // No job: retention counts from its final time alone (SPEC §3),
+            // which completion writes on the database's clock; creation is
+            // only the lower bound.
+            expires_at: now_millis(),
         })
     }
 
@@ -345,7 +362,7 @@ impl Postback {
         let Some(job) = store::jobs::find(&mut *conn, &self.schema, job_id, false).await? else {
             return Err(self.missing_job(&mut conn, job_id).await);
         };
-        if job.expires_at <= OffsetDateTime::now_utc() {
+        if job.expired {
             return Err(expired(&job));
         }
         self.view(&mut conn, job).await
@@ -358,8 +375,8 @@ impl Postback {
     {
         let mut conn = db.acquire().await?;
         match store::deliveries::find(&mut conn, &self.schema, id).await? {
-            Some((view, expires_at)) if expires_at > OffsetDateTime::now_utc() => Ok(view),
-            _ => Err(Error::NotFound {
+            Some(view) => Ok(view),
+            None => Err(Error::NotFound {
                 what: "delivery",
                 id: id.to_string(),
             }),
@@ -372,9 +389,7 @@ impl Postback {
         A: Acquire<'a, Database = Postgres>,
     {
         let mut tx = db.begin().await?;
-        let outcome =
-            store::deliveries::replay(&mut *tx, &self.schema, id, OffsetDateTime::now_utc())
-                .await?;
+        let outcome = store::deliveries::replay(&mut *tx, &self.schema, id, None).await?;
         match outcome {
             Replayed::Queued => {
                 self.notify_in_tx(&mut tx).await?;
@@ -433,27 +448,96 @@ impl Postback {
     }
 
     /// One delivery per callback of `job` that `result` sends (a failed
-    /// job skips transcript and media callbacks), each rendered.
-    fn deliveries_for(
+    /// job skips transcript and media callbacks), with its body: each
+    /// distinct body rendered once and shared by every callback that sends
+    /// it (callbacks of one type, `include` and `format` send the same bytes).
+    fn render_result(
         &self,
         job: &JobRow,
         callbacks: &[StoredCallback],
         result: &JobResult,
-    ) -> Result<Vec<store::deliveries::NewDelivery>> {
-        let mut out = Vec::with_capacity(callbacks.len());
+    ) -> Result<Rendered> {
+        let mut deliveries = Vec::with_capacity(callbacks.len());
+        let mut bodies = Vec::with_capacity(callbacks.len());
+        // Render key -> (content type, body).
+        let mut rendered: std::collections::HashMap<String, SharedPayload> =
+            std::collections::HashMap::new();
         for (i, cb) in callbacks.iter().enumerate() {
-            let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
-                continue;
-            };
             let host = validate::destination(
                 &self.policy,
                 &cb.spec.url,
                 &format!("publish.callbacks[{i}].url"),
             )?;
-            out.push(callback_delivery(job, cb, host, payload));
+            let (content_type, body, file_path) = match cb.spec.kind {
+                // A media body is a file, read when its attempt starts.
+                CallbackType::Media => {
+                    let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+                        continue;
+                    };
+                    (payload.content_type, None, payload.file_path)
+                }
+                CallbackType::Analytics | CallbackType::Transcript => {
+                    let key = render_key(&cb.spec, result);
+                    if !rendered.contains_key(&key) {
+                        let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+                            continue;
+                        };
+                        let body = payload.body.map(Arc::new);
+                        rendered.insert(key.clone(), (payload.content_type, body));
+                    }
+                    let Some((content_type, body)) = rendered.get(&key) else {
+                        continue;
+                    };
+                    (content_type.clone(), body.clone(), None)
+                }
+            };
+            let payload = Payload {
+                content_type,
+                body: None,
+                file_path,
+            };
+            deliveries.push(callback_delivery(job, cb, host, payload));
+            bodies.push(body);
         }
-        Ok(out)
+        Ok(Rendered { deliveries, bodies })
     }
+}
+
+/// A rendered content type and body, shared by the callbacks that send it.
+type SharedPayload = (String, Option<Arc<Vec<u8>>>);
+
+/// A result's deliveries (their own `body` unset) and, side by side, the
+/// body each sends: shared, one allocation per distinct body.
+struct Rendered {
+    deliveries: Vec<store::deliveries::NewDelivery>,
+    bodies: Vec<Option<Arc<Vec<u8>>>>,
+}
+
+/// What decides a callback's body besides the result: callbacks with the
+/// same key send the same bytes.
+fn render_key(spec: &CallbackSpec, result: &JobResult) -> String {
+    if result.status == ResultStatus::Failed {
+        // A failed job's analytics body ignores `include`.
+        return format!("{:?}/failed", spec.kind);
+    }
+    format!("{:?}/{:?}/{:?}", spec.kind, spec.include, spec.format)
+}
+
+/// A job can take a result: it exists, has not expired, has none yet.
+fn may_take_result(job: &JobRow) -> Result<()> {
+    if job.expired {
+        return Err(expired(job));
+    }
+    if job.status != JobState::InProgress {
+        return Err(Error::Conflict {
+            code: ErrorCode::ResultExists,
+            message: format!(
+                "job {} already has a result; a job takes one result",
+                job.id
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// What one callback sends.

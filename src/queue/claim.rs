@@ -48,6 +48,9 @@ pub struct Claimed {
     pub cycle_started_at: Option<OffsetDateTime>,
     /// When the delivery was (re)queued.
     pub queued_at: OffsetDateTime,
+    /// The database's `now()` when it was claimed (for a handed-off one,
+    /// the process's estimate of it).
+    pub claimed_at: OffsetDateTime,
     /// Content-Type.
     pub content_type: String,
     /// Caller headers (object of strings).
@@ -55,7 +58,11 @@ pub struct Claimed {
     /// Per-callback auth.
     pub auth: Option<Value>,
     /// Body, unless media; shared, so every attempt sends it without copying.
+    /// `None` with a `body_len` above zero: too large to hold from the
+    /// claim on, it is read when the attempt starts ([`body_of`]).
     pub body: Option<Body>,
+    /// Length of the stored body in bytes (0 when none).
+    pub body_len: i64,
     /// File to stream, for media.
     pub file_path: Option<String>,
 }
@@ -63,7 +70,7 @@ pub struct Claimed {
 impl Claimed {
     /// A delivery that intake has just stored already leased with `lease`
     /// (the in-process handoff): the same fields a claim would read back.
-    pub fn fresh(row: NewDelivery, lease: Uuid) -> Self {
+    pub fn fresh(row: NewDelivery, lease: Uuid, claimed_at: OffsetDateTime) -> Self {
         Claimed {
             id: row.id,
             job_id: row.job_id,
@@ -76,10 +83,12 @@ impl Claimed {
             lease,
             cycle_attempts: 0,
             cycle_started_at: None,
-            queued_at: OffsetDateTime::now_utc(),
+            queued_at: claimed_at,
+            claimed_at,
             content_type: row.content_type,
             headers: row.headers,
             auth: row.auth,
+            body_len: row.body.as_ref().map_or(0, |b| b.len() as i64),
             body: row.body.map(|b| Body(b.into())),
             file_path: row.file_path,
         }
@@ -152,6 +161,11 @@ pub struct ClaimRoom {
 /// Claims up to `limit` due deliveries, oldest due first, skipping rows
 /// other workers hold and taking no more per host than `room` allows.
 ///
+/// Bodies up to `inline_max` bytes come with the claim; larger ones are
+/// left in the database (`body` is `None`, `body_len` says how large) and
+/// read by [`body_of`] when their attempt starts, so what a process holds
+/// of claimed bodies is bounded by settings, not by payload sizes.
+///
 /// The `limit` oldest due rows of hosts with room are locked (`SKIP LOCKED`,
 /// so concurrent claims share the queue without waiting on each other);
 /// of those, each host's first `room` are claimed. The others are only
@@ -163,6 +177,7 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     limit: i64,
     lease_secs: f64,
     room: &ClaimRoom,
+    inline_max: i64,
 ) -> Result<Vec<Claimed>> {
     let lease = Uuid::now_v7();
     let rows = sqlx::query_as::<_, Claimed>(&schema.sql(
@@ -199,8 +214,13 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
              FROM due WHERE d.id = due.id
              RETURNING d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host, d.origin, d.lease, d.cycle_attempts,
                        d.cycle_started_at, d.queued_at, due.due_at)
-         SELECT c.*, p.content_type, p.headers, p.auth, p.body, p.file_path
+         SELECT c.*, now() AS claimed_at, p.content_type, p.headers, p.auth,
+                CASE WHEN octet_length(coalesce(p.body, b.body)) <= $12
+                     THEN coalesce(p.body, b.body) END AS body,
+                coalesce(octet_length(coalesce(p.body, b.body)), 0)::int8 AS body_len,
+                p.file_path
          FROM claimed c JOIN postback.payloads p ON p.delivery_id = c.id
+         LEFT JOIN postback.bodies b ON b.hash = p.body_hash
          ORDER BY c.due_at, c.id",
     ))
     .bind(limit)
@@ -214,9 +234,28 @@ pub async fn claim<'e, E: PgExecutor<'e>>(
     .bind(room.customers.per_key)
     .bind(room.customers.keys())
     .bind(room.customers.rooms())
+    .bind(inline_max)
     .fetch_all(db)
     .await?;
     Ok(rows)
+}
+
+/// The body of delivery `id`, for an attempt whose claim left it out (see
+/// [`claim`]); `None` when it has none (or is gone).
+pub async fn body_of<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    id: Uuid,
+) -> Result<Option<Body>> {
+    let body: Option<Option<Body>> = sqlx::query_scalar(&schema.sql(
+        "SELECT coalesce(p.body, b.body) FROM postback.payloads p
+         LEFT JOIN postback.bodies b ON b.hash = p.body_hash
+         WHERE p.delivery_id = $1",
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(body.flatten())
 }
 
 /// The recorded result of one attempt and the state it leads to.
@@ -250,10 +289,15 @@ pub struct Completion {
 /// INSERT of the attempts, in one statement. Returns how many rows still
 /// held their lease (the others were re-claimed after a lease expiry and
 /// are left alone).
+///
+/// A delivery that becomes final is kept for `retain` (`POSTBACK_JOB_TTL`)
+/// from now, or until its job's expiry if that is later (SPEC §3): its
+/// `expires_at` moves to the later of the two.
 pub async fn complete<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     batch: &[Completion],
+    retain: std::time::Duration,
 ) -> Result<u64> {
     if batch.is_empty() {
         return Ok(0);
@@ -287,7 +331,10 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
                  last_status_code = u.status_code,
                  last_error = u.error,
                  held_due = NULL,
-                 completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END
+                 completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END,
+                 expires_at = CASE WHEN u.state IN ('delivered', 'failed')
+                                   THEN greatest(d.expires_at, now() + make_interval(secs => $10))
+                                   ELSE d.expires_at END
              FROM u WHERE d.id = u.id AND d.lease = u.lease
              RETURNING d.id, d.attempts),
          ins AS (
@@ -306,18 +353,18 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     .bind(&codes)
     .bind(&errors)
     .bind(&snippets)
+    .bind(retain.as_secs_f64().min(crate::store::jobs::MAX_TTL_SECS))
     .fetch_one(db)
     .await?;
     Ok(n.max(0) as u64)
 }
 
 /// Hands claimed deliveries back without an attempt (shutdown, or no room
-/// for their host), due at `due`.
+/// for their host), due at once (the database's now).
 pub async fn release<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     items: &[(Uuid, Uuid)],
-    due: OffsetDateTime,
 ) -> Result<u64> {
     if items.is_empty() {
         return Ok(0);
@@ -325,30 +372,30 @@ pub async fn release<'e, E: PgExecutor<'e>>(
     let ids: Vec<Uuid> = items.iter().map(|i| i.0).collect();
     let leases: Vec<Uuid> = items.iter().map(|i| i.1).collect();
     let done = sqlx::query(&schema.sql(
-        "UPDATE postback.deliveries d SET state = 'pending', next_attempt_at = $3, lease = NULL
+        "UPDATE postback.deliveries d SET state = 'pending', next_attempt_at = now(), lease = NULL
          FROM unnest($1::uuid[], $2::uuid[]) AS u(id, lease)
          WHERE d.id = u.id AND d.lease = u.lease",
     ))
     .bind(&ids)
     .bind(&leases)
-    .bind(due)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
 }
 
 /// The earliest due time in the queue, leases included (a dead worker's
-/// deliveries come back when theirs runs out), to sleep exactly until then.
-/// Hosts in `skip_hosts` (full in this process) are left out: their
-/// deliveries can only be taken once an attempt ends, which wakes the
-/// claim loop anyway.
+/// deliveries come back when theirs runs out), to sleep exactly until then,
+/// with the database's `now()` to measure the wait against (never this
+/// process's clock). Hosts in `skip_hosts` (full in this process) are left
+/// out: their deliveries can only be taken once an attempt ends, which
+/// wakes the claim loop anyway.
 pub async fn next_due<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     skip_hosts: &[String],
-) -> Result<Option<OffsetDateTime>> {
-    let next: Option<OffsetDateTime> = sqlx::query_scalar(&schema.sql(
-        "SELECT min(next_attempt_at) FROM postback.deliveries
+) -> Result<(Option<OffsetDateTime>, OffsetDateTime)> {
+    let next: (Option<OffsetDateTime>, OffsetDateTime) = sqlx::query_as(&schema.sql(
+        "SELECT min(next_attempt_at), now() FROM postback.deliveries
          WHERE next_attempt_at IS NOT NULL AND host <> ALL($1::text[])",
     ))
     .bind(skip_hosts)

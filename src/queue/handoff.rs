@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::capacity::{Capacity, Room};
 use super::claim::Claimed;
+use super::clock::DbClock;
 use crate::store::deliveries::NewDelivery;
 
 /// Gives fresh deliveries to this process's engine (cheap to clone).
@@ -32,6 +33,9 @@ use crate::store::deliveries::NewDelivery;
 pub struct Handoff {
     capacity: Capacity,
     lease: Duration,
+    /// A handed-off delivery is "claimed" at its insert, by the database's
+    /// clock as the engine last read it.
+    clock: DbClock,
     engine: mpsc::UnboundedSender<Leased>,
 }
 
@@ -65,13 +69,15 @@ pub struct Leased {
 /// The engine's end of the handoff.
 pub type Receiver = mpsc::UnboundedReceiver<Leased>;
 
-/// A handoff into `capacity`, leasing for `lease`, and the engine's end.
-pub fn channel(capacity: Capacity, lease: Duration) -> (Handoff, Receiver) {
+/// A handoff into `capacity`, leasing for `lease`, on the engine's
+/// `clock`, and the engine's end.
+pub fn channel(capacity: Capacity, lease: Duration, clock: DbClock) -> (Handoff, Receiver) {
     let (engine, rx) = mpsc::unbounded_channel();
     (
         Handoff {
             capacity,
             lease,
+            clock,
             engine,
         },
         rx,
@@ -79,9 +85,21 @@ pub fn channel(capacity: Capacity, lease: Duration) -> (Handoff, Receiver) {
 }
 
 impl Handoff {
-    /// Room for an attempt to `host` for `customer` right now, if this
-    /// process has it and is not shutting down.
-    pub fn reserve(&self, host: &str, customer: Option<&str>) -> Option<Reservation> {
+    /// Room for an attempt to `host` for `customer` with a body of
+    /// `body_len` bytes right now, if this process has it and is not
+    /// shutting down. A body larger than a claim would bring along is not
+    /// handed over: it is stored and claimed like any other, so it is held
+    /// only under the byte budget of claimed bodies (SPEC §3), never beside
+    /// it.
+    pub fn reserve(
+        &self,
+        host: &str,
+        customer: Option<&str>,
+        body_len: usize,
+    ) -> Option<Reservation> {
+        if body_len > self.capacity.inline_max() {
+            return None;
+        }
         let in_flight = self.capacity.in_flight_token()?;
         let room = self.capacity.try_take(host, customer)?;
         Some(Reservation {
@@ -103,7 +121,7 @@ impl Handoff {
             ..
         } = reservation;
         let leased = Leased {
-            delivery: Claimed::fresh(row, lease),
+            delivery: Claimed::fresh(row, lease, self.clock.now()),
             room,
             in_flight,
         };

@@ -5,6 +5,7 @@
 //!   by the lease token), release, and the next due time.
 //! - [`wake`]: wake-ups, in process ([`Waker`]) and across processes
 //!   (LISTEN/NOTIFY on [`WAKE_CHANNEL`]).
+//! - [`clock`]: the database's clock, which every due time is written on.
 //! - [`capacity`]: the room a process has (global, per host) and the
 //!   tracker of attempts in flight.
 //! - [`handoff`]: the handle through which intake gives a freshly stored,
@@ -16,10 +17,12 @@
 
 pub mod capacity;
 pub mod claim;
+pub mod clock;
 pub mod handoff;
 pub mod wake;
 
 pub use capacity::{Capacity, Room};
 pub use claim::{ClaimRoom, Claimed, Completion, KeyRoom};
+pub use clock::DbClock;
 pub use handoff::{Handoff, Reservation};
 pub use wake::{notify_workers, Notifier, Waker, WAKE_CHANNEL};

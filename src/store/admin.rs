@@ -6,7 +6,7 @@ use sqlx::PgExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Schema;
+use super::{Schema, LIVE_SQL, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::Method;
 use crate::state::{DeliveryKind, DeliveryState};
@@ -16,8 +16,9 @@ use crate::state::{DeliveryKind, DeliveryState};
 pub struct Filter {
     /// Only deliveries in this state.
     pub status: Option<DeliveryState>,
-    /// Queued at or after this time.
-    pub since: Option<OffsetDateTime>,
+    /// Queued within this long before now (the database's now, the clock
+    /// `queued_at` was written on).
+    pub since: Option<std::time::Duration>,
     /// Destination host (exact, case-insensitive).
     pub host: Option<String>,
     /// Owning job.
@@ -57,11 +58,13 @@ pub struct DeliveryLine {
     pub next_attempt_time: Option<OffsetDateTime>,
 }
 
+/// The filter of [`list`]; `{state}` is [`super::SHOWN_STATE_SQL`] (an
+/// orphaned lease is listed, filtered and replayed as `pending`).
 const FILTER_SQL: &str = "FROM postback.deliveries d
-     WHERE d.expires_at > now()
-       AND ($1::text IS NULL OR d.state = $1)
-       AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
-       AND ($3::text IS NULL OR d.host = lower($3))
+     WHERE {live}
+       AND ($1::text IS NULL OR {state} = $1)
+       AND ($2::float8 IS NULL OR d.queued_at >= now() - make_interval(secs => $2))
+       AND ($3::text IS NULL OR d.host = rtrim(lower($3), '.'))
        AND ($4::text IS NULL OR d.job_id = $4)";
 
 /// Deliveries matching `filter`, newest first.
@@ -91,14 +94,21 @@ async fn list_ordered<'e, E: PgExecutor<'e>>(
     order: &'static str,
 ) -> Result<Vec<DeliveryLine>> {
     let sql = format!(
-        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, d.state AS status, d.attempts,
+        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, {SHOWN_STATE_SQL} AS status, d.attempts,
                 d.last_status_code, d.last_error, d.queued_at,
-                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_time
-         {FILTER_SQL} ORDER BY {order} LIMIT $5"
+                {SHOWN_NEXT_SQL} AS next_attempt_time
+         {filter} ORDER BY {order} LIMIT $5",
+        filter = FILTER_SQL
+            .replace("{state}", SHOWN_STATE_SQL)
+            .replace("{live}", LIVE_SQL),
     );
     Ok(sqlx::query_as(&schema.sql(&sql))
         .bind(filter.status)
-        .bind(filter.since)
+        .bind(
+            filter
+                .since
+                .map(|d| d.as_secs_f64().min(super::jobs::MAX_TTL_SECS)),
+        )
         .bind(&filter.host)
         .bind(&filter.job)
         .bind(filter.limit)
@@ -118,19 +128,42 @@ pub struct Purged {
     pub deliveries: u64,
 }
 
-/// Deletes up to `batch` expired jobs and `batch` expired generic
-/// deliveries; call until it returns zeros.
+/// Deletes up to `batch` expired deliveries and `batch` expired jobs; call
+/// until it returns zeros.
+///
+/// Retention (SPEC §3): only a final delivery goes, once its `expires_at`
+/// (the later of its job's expiry and its final time plus the TTL, set by
+/// completion) has passed; a delivery still being retried stays however old
+/// its job is. A job goes once it expired and none of its deliveries is
+/// left ("the job stays while any of its deliveries does"); polling answers
+/// `job_expired` for it meanwhile, from its own expiry.
 pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     db: E,
     schema: &Schema,
     batch: i64,
 ) -> Result<Purged> {
+    let deliveries = sqlx::query(&schema.sql(
+        "DELETE FROM postback.deliveries WHERE id IN (
+             SELECT id FROM postback.deliveries
+             WHERE expires_at <= now() AND state IN ('delivered', 'failed')
+             LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    ))
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected();
     // A purged job leaves a tombstone, so polling it still answers
-    // `job_expired`; tombstones themselves go after TOMBSTONE_DAYS.
+    // `job_expired`; tombstones themselves go after TOMBSTONE_DAYS. The
+    // deliveries of a job are locked with it (FOR UPDATE OF j waits for no
+    // one: a result being posted holds the job row, and is refused anyway
+    // once the job expired).
     let jobs = sqlx::query(&schema.sql(
         "WITH gone AS (
              DELETE FROM postback.jobs WHERE id IN (
-                 SELECT id FROM postback.jobs WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 SELECT j.id FROM postback.jobs j
+                 WHERE j.expires_at <= now()
+                   AND NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.job_id = j.id)
+                 LIMIT $1 FOR UPDATE OF j SKIP LOCKED)
              RETURNING id, expires_at)
          INSERT INTO postback.job_tombstones (id, expired_at)
          SELECT id, expires_at FROM gone
@@ -140,14 +173,22 @@ pub async fn purge_expired_batch<'e, E: PgExecutor<'e> + Copy>(
     .execute(db)
     .await?
     .rows_affected();
-    let deliveries = sqlx::query(&schema.sql(
-        "DELETE FROM postback.deliveries WHERE id IN (
-             SELECT id FROM postback.deliveries WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    // Bodies no payload names any more. `created_at` is refreshed by every
+    // insert that reuses a body and rechecked on the locked row, so a body
+    // being reused right now is never taken from under its new payload.
+    sqlx::query(&schema.sql(
+        "DELETE FROM postback.bodies b
+         WHERE b.created_at < now() - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM postback.payloads p WHERE p.body_hash = b.hash)
+           AND b.hash IN (
+               SELECT o.hash FROM postback.bodies o
+               WHERE o.created_at < now() - interval '1 hour'
+                 AND NOT EXISTS (SELECT 1 FROM postback.payloads p WHERE p.body_hash = o.hash)
+               LIMIT $1)",
     ))
     .bind(batch)
     .execute(db)
-    .await?
-    .rows_affected();
+    .await?;
     sqlx::query(&schema.sql(
         "DELETE FROM postback.job_tombstones WHERE id IN (
              SELECT id FROM postback.job_tombstones

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::Schema;
+use super::{Schema, LIVE_SQL, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::{AttemptView, DeliveryView, Method};
 use crate::state::{DeliveryKind, DeliveryState};
@@ -42,7 +42,9 @@ pub struct NewDelivery {
     pub body: Option<Vec<u8>>,
     /// File to stream (media).
     pub file_path: Option<String>,
-    /// When the delivery is forgotten.
+    /// The earliest it may be forgotten: its job's expiry (creation + TTL
+    /// for a generic one). It is never forgotten before it is final, and
+    /// completion moves this to its final time + TTL when that is later.
     pub expires_at: OffsetDateTime,
 }
 
@@ -87,13 +89,66 @@ pub async fn insert(conn: &mut PgConnection, schema: &Schema, batch: &[NewDelive
 /// held instead (their leases were not taken).
 ///
 /// A delivery for a customer that does not exist (or is being erased) is
-/// not stored; the whole batch is then refused with
-/// [`Error::UnknownCustomer`](crate::error::Error) semantics: the caller
-/// learns which one by storing them one by one.
+/// not stored; the whole batch is then refused with `unknown_customer`
+/// (the caller learns which one by storing them one by one).
 pub async fn insert_leased(
     conn: &mut PgConnection,
     schema: &Schema,
     batch: &[NewDelivery],
+    leases: &[Option<(Uuid, std::time::Duration)>],
+) -> Result<Vec<Uuid>> {
+    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    insert_rows(conn, schema, batch, &bodies, leases).await
+}
+
+/// Queues `batch` with `bodies[i]` as the body of delivery `i` (its own
+/// `body` is not read): a result's callbacks pass the same rendered bytes
+/// for every callback of one shape, and each distinct body is hashed,
+/// bound and stored once (`bodies` table), however many deliveries send it.
+pub async fn insert_with_bodies(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    batch: &[NewDelivery],
+    bodies: &[Option<&[u8]>],
+) -> Result<()> {
+    let unleased = vec![None; batch.len()];
+    insert_rows(conn, schema, batch, bodies, &unleased).await?;
+    Ok(())
+}
+
+/// Distinct bodies: their hashes, their bytes, and each row's hash.
+type Distinct<'b> = (Vec<Vec<u8>>, Vec<&'b [u8]>, Vec<Option<Vec<u8>>>);
+
+/// The distinct bodies of `bodies` (by SHA-256) and, per row, its hash.
+/// Rows passing the very same bytes are hashed once.
+fn distinct_bodies<'b>(bodies: &[Option<&'b [u8]>]) -> Distinct<'b> {
+    use sha2::{Digest, Sha256};
+    let mut by_slice: std::collections::HashMap<(usize, usize), Vec<u8>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    let (mut hashes, mut distinct, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
+    for body in bodies {
+        let Some(body) = body else {
+            per_row.push(None);
+            continue;
+        };
+        let hash = by_slice
+            .entry((body.as_ptr() as usize, body.len()))
+            .or_insert_with(|| Sha256::digest(body).to_vec())
+            .clone();
+        if seen.insert(hash.clone()) {
+            hashes.push(hash.clone());
+            distinct.push(*body);
+        }
+        per_row.push(Some(hash));
+    }
+    (hashes, distinct, per_row)
+}
+
+async fn insert_rows(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    batch: &[NewDelivery],
+    bodies: &[Option<&[u8]>],
     leases: &[Option<(Uuid, std::time::Duration)>],
 ) -> Result<Vec<Uuid>> {
     if batch.is_empty() {
@@ -123,35 +178,44 @@ pub async fn insert_leased(
     let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
     let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
     let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
-    let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
+    let (hashes, distinct, body_hashes) = distinct_bodies(bodies);
     let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
-    // Rows of unknown or departing customers are filtered out by the
-    // join (the foreign key alone would let a customer being erased take
-    // new rows); the count tells the caller.
-    // A delivery to an origin whose breaker is open is born held (never
-    // leased): it waits for the probe, at most until its horizon.
+    // Every data-modifying CTE runs, referenced or not. A body already
+    // stored gets its `created_at` refreshed: the purge of unreferenced
+    // bodies then skips it (it rechecks that column on the locked row).
+    //
+    // Rows of unknown or departing customers are filtered out by the join
+    // (the foreign key alone would let a customer being erased take new
+    // rows); the count tells the caller. A delivery to an origin whose
+    // breaker is open is born held (never leased): it waits for the probe,
+    // at most until its horizon.
     let (stored, held): (i64, Vec<Uuid>) = sqlx::query_as(&schema.sql(
-        "WITH d AS (
+        "WITH b AS (
+             INSERT INTO postback.bodies (hash, body)
+             SELECT * FROM unnest($15::bytea[], $16::bytea[])
+             ON CONFLICT (hash) DO UPDATE SET created_at = now()
+             RETURNING 1),
+         d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
                                               next_attempt_at, held_due, expires_at, state, lease)
              SELECT t.id, t.job_id, t.customer_id, t.kind, t.method, t.url, t.host, t.origin,
-                    CASE WHEN b.origin IS NULL THEN now() + make_interval(secs => t.lease_secs)
-                         ELSE now() + make_interval(secs => coalesce(b.hold_secs, 0)) END,
-                    CASE WHEN b.origin IS NOT NULL THEN now() END,
+                    CASE WHEN o.origin IS NULL THEN now() + make_interval(secs => t.lease_secs)
+                         ELSE now() + make_interval(secs => coalesce(o.hold_secs, 0)) END,
+                    CASE WHEN o.origin IS NOT NULL THEN now() END,
                     t.expires_at,
-                    CASE WHEN t.lease IS NULL OR b.origin IS NOT NULL THEN 'pending' ELSE 'delivering' END,
-                    CASE WHEN b.origin IS NULL THEN t.lease END
+                    CASE WHEN t.lease IS NULL OR o.origin IS NOT NULL THEN 'pending' ELSE 'delivering' END,
+                    CASE WHEN o.origin IS NULL THEN t.lease END
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::uuid[], $9::float8[], $15::text[], $16::text[])
+                         $7::timestamptz[], $8::uuid[], $9::float8[], $17::text[], $18::text[])
                   AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs, customer_id, origin)
              LEFT JOIN postback.customers c ON c.id = t.customer_id
-             LEFT JOIN postback.destinations b ON b.origin = t.origin AND b.state = 'open'
+             LEFT JOIN postback.destinations o ON o.origin = t.origin AND o.state = 'open'
              WHERE t.customer_id IS NULL OR (c.id IS NOT NULL AND c.deleted_at IS NULL)
              RETURNING id, held_due IS NOT NULL AS held),
          p AS (
-             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body_hash, file_path)
              SELECT u.* FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
-                  AS u(id, content_type, headers, auth, body, file_path)
+                  AS u(id, content_type, headers, auth, body_hash, file_path)
              JOIN d ON d.id = u.id
              RETURNING delivery_id)
          SELECT (SELECT count(*) FROM p),
@@ -169,8 +233,10 @@ pub async fn insert_leased(
     .bind(&content_types)
     .bind(&headers)
     .bind(&auths)
-    .bind(&bodies)
+    .bind(&body_hashes)
     .bind(&files)
+    .bind(&hashes)
+    .bind(&distinct)
     .bind(&customers)
     .bind(&origins)
     .fetch_one(&mut *conn)
@@ -202,18 +268,18 @@ pub async fn insert_one(
     lease: Option<(Uuid, std::time::Duration)>,
 ) -> Result<bool> {
     let (stored, held): (i64, bool) = sqlx::query_as(&schema.sql(
-        "WITH b AS (
+        "WITH o AS (
              SELECT hold_secs FROM postback.destinations WHERE origin = $17 AND state = 'open'),
          d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
                                               next_attempt_at, held_due, expires_at, state, lease)
              SELECT $1, $2, $16, $3, $4, $5, $6, $17,
-                    CASE WHEN NOT EXISTS (SELECT 1 FROM b) THEN now() + make_interval(secs => $14)
-                         ELSE now() + make_interval(secs => coalesce((SELECT hold_secs FROM b), 0)) END,
-                    CASE WHEN EXISTS (SELECT 1 FROM b) THEN now() END,
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM o) THEN now() + make_interval(secs => $14)
+                         ELSE now() + make_interval(secs => coalesce((SELECT hold_secs FROM o), 0)) END,
+                    CASE WHEN EXISTS (SELECT 1 FROM o) THEN now() END,
                     $7,
-                    CASE WHEN $15::uuid IS NULL OR EXISTS (SELECT 1 FROM b) THEN 'pending' ELSE 'delivering' END,
-                    CASE WHEN NOT EXISTS (SELECT 1 FROM b) THEN $15 END
+                    CASE WHEN $15::uuid IS NULL OR EXISTS (SELECT 1 FROM o) THEN 'pending' ELSE 'delivering' END,
+                    CASE WHEN NOT EXISTS (SELECT 1 FROM o) THEN $15 END
              WHERE $16::text IS NULL OR EXISTS (
                  SELECT 1 FROM postback.customers WHERE id = $16 AND deleted_at IS NULL)
              RETURNING id, held_due IS NOT NULL AS held),
@@ -272,27 +338,27 @@ struct DeliveryRow {
     queued_at: OffsetDateTime,
     next_attempt_at: Option<OffsetDateTime>,
     completed_at: Option<OffsetDateTime>,
-    expires_at: OffsetDateTime,
     content_type: String,
     headers: Value,
 }
 
-/// The delivery `id` with every attempt, and when it expires.
+/// The delivery `id` with every attempt, unless retention let it go.
 pub async fn find(
     conn: &mut PgConnection,
     schema: &Schema,
     id: Uuid,
-) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
-    let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(
-        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
-                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
-                d.completed_at, d.expires_at, p.content_type, p.headers
+) -> Result<Option<DeliveryView>> {
+    let sql = format!(
+        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.url, d.method, {SHOWN_STATE_SQL} AS state, d.attempts, d.queued_at,
+                {SHOWN_NEXT_SQL} AS next_attempt_at,
+                d.completed_at, p.content_type, p.headers
          FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id
-         WHERE d.id = $1",
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+         WHERE d.id = $1 AND {LIVE_SQL}"
+    );
+    let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let attempts = attempts(&mut *conn, schema, id).await?;
     let view = DeliveryView {
@@ -311,7 +377,7 @@ pub async fn find(
         completed_at: row.completed_at,
         attempts,
     };
-    Ok(Some((view, row.expires_at)))
+    Ok(Some(view))
 }
 
 /// Every attempt of delivery `id`, oldest first.
@@ -341,30 +407,36 @@ pub enum Replayed {
 }
 
 /// Puts delivery `id` back in the queue for a fresh cycle of the schedule,
-/// due at `due`; keeps its id (receivers dedupe on it) and its history.
+/// due at `due` (a time read from the database's clock), or at the
+/// database's `now()` when `None`; keeps its id (receivers dedupe on it)
+/// and its history.
 pub async fn replay<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     id: Uuid,
-    due: OffsetDateTime,
+    due: Option<OffsetDateTime>,
 ) -> Result<Replayed> {
-    let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(
+    let sql = format!(
         "WITH target AS (
-             SELECT id, state FROM postback.deliveries
-             WHERE id = $1 AND expires_at > now() FOR UPDATE),
+             SELECT d.id, d.state, d.next_attempt_at FROM postback.deliveries d
+             WHERE d.id = $1 AND {LIVE_SQL} FOR UPDATE),
          upd AS (
              UPDATE postback.deliveries d
-             SET state = 'pending', next_attempt_at = $2, lease = NULL,
-                 cycle_attempts = 0, cycle_started_at = NULL,
+             SET state = 'pending', next_attempt_at = coalesce($2, now()), lease = NULL,
+                 cycle_attempts = 0, cycle_started_at = NULL, held_due = NULL,
                  queued_at = now(), completed_at = NULL
-             FROM target WHERE d.id = target.id AND target.state <> 'delivering'
+             FROM target WHERE d.id = target.id
+               -- An attempt in flight is left alone; a lease that ran out
+               -- lost its worker, and that delivery is due like a pending one.
+               AND (target.state <> 'delivering' OR target.next_attempt_at <= now())
              RETURNING d.id)
-         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated",
-    ))
-    .bind(id)
-    .bind(due)
-    .fetch_one(db)
-    .await?;
+         SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated"
+    );
+    let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .bind(due)
+        .fetch_one(db)
+        .await?;
     Ok(match (state, updated) {
         (None, _) => Replayed::Missing,
         (Some(_), 0) => Replayed::InFlight,

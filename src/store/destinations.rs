@@ -131,20 +131,19 @@ pub async fn record(
     // open one whose probe failed with the cooldown doubled. (A failure of an
     // attempt that started before the breaker opened changes nothing.)
     // Two statements: one statement cannot update a row twice.
-    let counted: Vec<Counted> =
-        sqlx::query_as(&schema.sql(
-            "INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
+    let counted: Vec<Counted> = sqlx::query_as(&schema.sql(
+        "INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
              SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
              ON CONFLICT (origin) DO UPDATE
              SET consecutive_failures = b.consecutive_failures + EXCLUDED.consecutive_failures,
                  last_error = EXCLUDED.last_error, updated_at = now()
              RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs, b.probing_since",
-        ))
-        .bind(&origins)
-        .bind(&counts)
-        .bind(&errors)
-        .fetch_all(&mut *conn)
-        .await?;
+    ))
+    .bind(&origins)
+    .bind(&counts)
+    .bind(&errors)
+    .fetch_all(&mut *conn)
+    .await?;
     let base = cooldown.as_secs_f64();
     let cap = max_cooldown.max(cooldown).as_secs_f64();
     let threshold = i32::try_from(threshold).unwrap_or(i32::MAX);

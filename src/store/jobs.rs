@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
 
-use super::Schema;
+use super::{Schema, SHOWN_NEXT_SQL, SHOWN_STATE_SQL};
 use crate::error::Result;
 use crate::model::CallbackStatus;
 use crate::state::JobState;
@@ -28,32 +28,55 @@ pub struct JobRow {
     pub result: Option<Value>,
     /// Creation time.
     pub created_at: OffsetDateTime,
-    /// Expiry.
+    /// Expiry (`expirationTime`).
     pub expires_at: OffsetDateTime,
+    /// Whether `expires_at` has passed, by the database's clock (the one the
+    /// purge compares it with).
+    pub expired: bool,
 }
 
 const JOB_COLUMNS: &str =
-    "id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at";
+    "id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at, expires_at <= now() AS expired";
+
+/// A job to register.
+#[derive(Debug, Clone)]
+pub struct JobInsert {
+    /// Id.
+    pub id: String,
+    /// The creation request as accepted.
+    pub request: Value,
+    /// Metadata.
+    pub metadata: Option<Value>,
+    /// The customer it is for.
+    pub customer_id: Option<String>,
+    /// `[{"deliveryId","spec"}]`.
+    pub callbacks: Value,
+}
+
+/// Longest TTL written into SQL: a century, far past any sane setting,
+/// short of `timestamptz`'s range (an absurd TTL saturates, never fails).
+pub const MAX_TTL_SECS: f64 = 100.0 * 365.25 * 86_400.0;
 
 /// Inserts a job unless one with the same id exists; returns the stored job
-/// and whether this call created it.
+/// and whether this call created it. Its creation time and its expiry
+/// (creation + `ttl`) are the database's `now()`, the clock the purge uses.
 pub async fn insert(
     conn: &mut PgConnection,
     schema: &Schema,
-    job: &JobRow,
+    job: &JobInsert,
+    ttl: std::time::Duration,
 ) -> Result<(JobRow, bool)> {
     let inserted: Option<JobRow> = sqlx::query_as(&schema.sql(
         "INSERT INTO postback.jobs (id, request, metadata, customer_id, callbacks, status, created_at, expires_at)
-         VALUES ($1, $2, $3, $7, $4, 'in_progress', $5, $6)
+         VALUES ($1, $2, $3, $6, $4, 'in_progress', now(), now() + make_interval(secs => $5))
          ON CONFLICT (id) DO NOTHING
-         RETURNING id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at",
+         RETURNING id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at, expires_at <= now() AS expired",
     ))
     .bind(&job.id)
     .bind(&job.request)
     .bind(&job.metadata)
     .bind(&job.callbacks)
-    .bind(job.created_at)
-    .bind(job.expires_at)
+    .bind(ttl.as_secs_f64().min(MAX_TTL_SECS))
     .bind(&job.customer_id)
     .fetch_optional(&mut *conn)
     .await?;
@@ -76,9 +99,9 @@ pub async fn find<'e, E: PgExecutor<'e>>(
     for_update: bool,
 ) -> Result<Option<JobRow>> {
     let sql = if for_update {
-        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1 FOR UPDATE")
+        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at, expires_at <= now() AS expired FROM postback.jobs WHERE id = $1 FOR UPDATE")
     } else {
-        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at FROM postback.jobs WHERE id = $1")
+        schema.sql("SELECT id, request, metadata, customer_id, callbacks, status, result, created_at, expires_at, expires_at <= now() AS expired FROM postback.jobs WHERE id = $1")
     };
     debug_assert!(sql.contains(JOB_COLUMNS));
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(db).await?)
@@ -109,15 +132,16 @@ pub async fn callback_statuses<'e, E: PgExecutor<'e>>(
     schema: &Schema,
     id: &str,
 ) -> Result<Vec<CallbackStatus>> {
-    Ok(sqlx::query_as(&schema.sql(
-        "SELECT id AS delivery_id, url, method, kind, state AS status, attempts,
-                last_attempt_at AS last_attempt_time, last_status_code,
-                CASE WHEN state = 'pending' THEN next_attempt_at END AS next_attempt_time
-         FROM postback.deliveries WHERE job_id = $1 ORDER BY id",
-    ))
-    .bind(id)
-    .fetch_all(db)
-    .await?)
+    let sql = format!(
+        "SELECT d.id AS delivery_id, d.url, d.method, d.kind, {SHOWN_STATE_SQL} AS status, d.attempts,
+                d.last_attempt_at AS last_attempt_time, d.last_status_code,
+                {SHOWN_NEXT_SQL} AS next_attempt_time
+         FROM postback.deliveries d WHERE d.job_id = $1 ORDER BY d.id"
+    );
+    Ok(sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .fetch_all(db)
+        .await?)
 }
 
 /// When job `id` expired, if it was purged (and its tombstone is kept).

@@ -25,6 +25,23 @@ use sqlx::{Acquire, PgPool, Postgres};
 
 use crate::error::{is_connectivity, Result};
 
+/// The state a delivery row `d` is shown in. A `delivering` row whose lease
+/// ran out has lost its worker (it died): it is due like any pending row, so
+/// every read, filter and replay treats it as `pending` (SPEC §4: "a delivery
+/// whose lease ran out counts as due").
+pub const SHOWN_STATE_SQL: &str = "(CASE WHEN d.state = 'delivering' AND d.next_attempt_at <= now() THEN 'pending' ELSE d.state END)";
+
+/// The next attempt time of a row `d` as shown: the due time of a pending
+/// row, and of an orphaned lease (already due); none while an attempt runs
+/// or once final.
+pub const SHOWN_NEXT_SQL: &str = "(CASE WHEN d.state = 'pending' OR (d.state = 'delivering' AND d.next_attempt_at <= now()) THEN d.next_attempt_at END)";
+
+/// True for a row `d` that retention keeps (SPEC §3): every delivery that is
+/// not final (whatever its `expires_at`: a delivery still being retried is
+/// never expired), and a final one until its `expires_at`, which completion
+/// moved to the later of its job's expiry and its final time plus the TTL.
+pub const LIVE_SQL: &str = "(d.state NOT IN ('delivered', 'failed') OR d.expires_at > now())";
+
 /// Migrations embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

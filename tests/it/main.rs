@@ -13,3 +13,4 @@ mod embedding;
 mod foundation;
 mod intake;
 mod operations;
+mod reliability;
