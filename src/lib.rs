@@ -20,6 +20,7 @@
 //! | leaf | [`signing`] | Standard Webhooks signatures and callback JWTs |
 //! | leaf | [`egress`] | outbound identity and the SSRF guard (names refusals with [`ErrorCode`]) |
 //! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
+//! | leaf | [`media`] | media files under `POSTBACK_MEDIA_ROOT`, opened once |
 //! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
 //! | data | [`config`] | every setting, from flags/env or code |
 //! | data | [`store`] | PostgreSQL: schema, migrations, tables outside the hot path |
@@ -50,6 +51,7 @@ pub mod delivery;
 pub mod egress;
 pub mod error;
 pub mod intake;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod pgcluster;

@@ -109,6 +109,16 @@ impl SigningSecret {
         Ok(Self { key })
     }
 
+    /// Length of the decoded key in bytes.
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// True for an empty key (never, for a parsed or generated secret).
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
     /// A fresh random secret from the operating system's CSPRNG.
     pub fn generate() -> Self {
         let mut key = vec![0u8; GENERATED_SECRET_LEN];

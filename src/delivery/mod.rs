@@ -136,7 +136,11 @@ impl Dispatcher {
             pool,
             schema: Schema::new(config.db_schema.clone()),
             engine: Engine {
-                sender: Arc::new(Sender::new(egress, secret, config.attempt_timeout)),
+                sender: Arc::new(
+                    Sender::new(egress, secret, config.attempt_timeout).with_media_roots(
+                        crate::media::MediaRoots::new(config.media_root.iter().cloned()),
+                    ),
+                ),
                 retry: config.retry_policy(),
                 capacity,
                 done,

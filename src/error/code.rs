@@ -62,6 +62,9 @@ error_codes! {
     InvalidQuery = "invalid_query",
     /// A media callback's stream is not in the result (or not readable).
     MissingStream = "missing_stream",
+    /// A result's stream would be sent by a media callback, but no
+    /// `POSTBACK_MEDIA_ROOT` is configured.
+    MediaDisabled = "media_disabled",
     /// The `jobId` exists with a different body.
     JobExists = "job_exists",
     /// The job already has a result.

@@ -22,6 +22,7 @@ pub use batcher::Batcher;
 
 use crate::egress::EgressPolicy;
 use crate::error::{Error, ErrorCode, Result};
+use crate::media::{MediaError, MediaRoots};
 use crate::model::{
     CallbackSpec, CallbackType, JobResult, JobView, MediaStream, NewDelivery, NewJob, ResultStatus,
     StreamName, TranscriptFormat,
@@ -41,6 +42,7 @@ pub struct Postback {
     schema: Schema,
     job_ttl: Duration,
     policy: Arc<EgressPolicy>,
+    media: MediaRoots,
     notify: NotifyMode,
 }
 
@@ -82,6 +84,7 @@ impl Postback {
                 config.egress_allow.clone(),
                 config.egress_deny.clone(),
             )),
+            media: MediaRoots::new(config.media_root.iter().cloned()),
             notify: NotifyMode::InTransaction,
         }
     }
@@ -419,7 +422,7 @@ impl Postback {
     ) -> Result<Vec<store::deliveries::NewDelivery>> {
         let mut out = Vec::with_capacity(callbacks.len());
         for (i, cb) in callbacks.iter().enumerate() {
-            let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+            let Some(payload) = payload_for(job, &cb.spec, result, i, &self.media)? else {
                 continue;
             };
             let host = validate::destination(
@@ -457,6 +460,7 @@ fn payload_for(
     spec: &CallbackSpec,
     result: &JobResult,
     i: usize,
+    media: &MediaRoots,
 ) -> Result<Option<Payload>> {
     let failed = result.status == ResultStatus::Failed;
     Ok(Some(match (spec.kind, failed) {
@@ -496,7 +500,7 @@ fn payload_for(
             Payload {
                 content_type: "application/octet-stream".to_owned(),
                 body: None,
-                file_path: Some(media_path(&result.streams, wanted, i)?),
+                file_path: Some(media_path(media, &result.streams, wanted, i)?),
             }
         }
     }))
@@ -567,7 +571,24 @@ fn count_enqueued(kind: DeliveryKind) {
     metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => kind.as_str()).increment(1);
 }
 
-fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> Result<String> {
+/// The path of the stream a media callback sends, once it is known to be a
+/// regular file under `POSTBACK_MEDIA_ROOT`. A missing file and a file
+/// outside the roots get the same answer (no oracle for what exists).
+fn media_path(
+    media: &MediaRoots,
+    streams: &[MediaStream],
+    wanted: StreamName,
+    callback: usize,
+) -> Result<String> {
+    if media.is_empty() {
+        return Err(Error::invalid(
+            ErrorCode::MediaDisabled,
+            "streams",
+            format!(
+                "publish.callbacks[{callback}] is a media callback, but media callbacks are disabled on this server (the operator sets POSTBACK_MEDIA_ROOT to enable them)"
+            ),
+        ));
+    }
     let stream = streams.iter().find(|s| s.stream_name == wanted.as_str());
     let Some(path) = stream.and_then(|s| s.path.clone()) else {
         return Err(Error::invalid(
@@ -579,16 +600,18 @@ fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> R
             ),
         ));
     };
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Ok(path),
-        _ => Err(Error::invalid(
-            ErrorCode::MissingStream,
-            "streams",
-            format!(
-                "the {} stream's path is not a readable file on the Postback host",
-                wanted.as_str()
-            ),
-        )),
+    match media.resolve(&path) {
+        Ok(_) => Ok(path),
+        Err(MediaError::Disabled | MediaError::NotAllowed | MediaError::Changed) => {
+            Err(Error::invalid(
+                ErrorCode::MissingStream,
+                "streams",
+                format!(
+                    "the {} stream's path is not a readable file under the server's media directories",
+                    wanted.as_str()
+                ),
+            ))
+        }
     }
 }
 

@@ -237,7 +237,7 @@ fn media_file(bytes: &[u8]) -> std::path::PathBuf {
 #[tokio::test]
 async fn finished_result_queues_one_delivery_per_callback_and_polling_follows_them() {
     bounded(async {
-        let app = TestApp::spawn().await;
+        let app = TestApp::spawn_with(|c| c.media_root = vec![std::env::temp_dir()]).await;
         let rx = Receiver::start().await;
         let media = media_file(b"RIFF-fake-audio-bytes");
         let job = json!({
@@ -824,6 +824,7 @@ async fn bad_input_is_refused_with_a_4xx_naming_it_and_stores_nothing() {
             c.concurrency = 0;
             c.egress_allow.clear();
             c.max_body = MAX_BODY;
+            c.media_root = vec![std::env::temp_dir()];
         })
         .await;
         // A finished job (no callbacks) for the "second result" case.

@@ -11,3 +11,4 @@ mod embedding;
 mod foundation;
 mod intake;
 mod operations;
+mod security;
