@@ -198,7 +198,7 @@ pub struct Config {
 
     /// PostgreSQL schema that holds Postback's tables.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = defaults::DB_SCHEMA, value_parser = parse_schema))]
-    pub db_schema: String,
+    pub db_schema: crate::store::Schema,
 }
 
 impl Default for Config {
@@ -358,10 +358,6 @@ impl Config {
                 reason: format!("{reason}; list absolute directories"),
             })?;
         }
-        parse_schema(&self.db_schema).map_err(|reason| ConfigError {
-            setting: "POSTBACK_DB_SCHEMA",
-            reason,
-        })?;
         Ok(())
     }
 
@@ -570,19 +566,9 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_schema(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a plain lowercase PostgreSQL identifier (letters, digits, _)"
-        ))
-    }
+/// `POSTBACK_DB_SCHEMA`: a plain lower-case identifier.
+pub fn parse_schema(s: &str) -> Result<crate::store::Schema, String> {
+    crate::store::Schema::new(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -645,10 +631,7 @@ mod tests {
     fn the_defaults_are_the_schedule_and_schema_defaults_and_valid() {
         let config = Config::default();
         assert_eq!(config.retry_policy(), RetryPolicy::default());
-        assert_eq!(
-            crate::store::Schema::new(&config.db_schema),
-            crate::store::Schema::default()
-        );
+        assert_eq!(config.db_schema, crate::store::Schema::default());
         config.validate().expect("the defaults are valid");
         assert!(
             config.job_ttl > config.retry_give_up,

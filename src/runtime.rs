@@ -89,7 +89,7 @@ impl Process {
     /// binds the listeners. Nothing runs until [`Process::run`].
     pub async fn start(mut config: Config, role: Role) -> Result<Process, StartError> {
         config.validate()?;
-        let schema = Schema::new(config.db_schema.clone());
+        let schema = config.db_schema.clone();
         let mut cluster = None;
         let database_url = match config.database_url.clone() {
             Some(url) => url,
@@ -102,6 +102,12 @@ impl Process {
                         output: e.to_string(),
                     })??;
                 let url = started.url();
+                tracing::warn!(
+                    path = %config.data_dir.display(),
+                    "DATABASE_URL is not set: running on the private PostgreSQL cluster under {}; \
+                     set DATABASE_URL if a database of your own was meant",
+                    config.data_dir.display()
+                );
                 println!(
                     "postback: private PostgreSQL at {url} (data in {})",
                     config.data_dir.display()
@@ -190,7 +196,7 @@ impl Process {
     /// their attempts in flight and write them, the pool closes and the
     /// private cluster (if any) stops.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let schema = Schema::new(self.config.db_schema.clone());
+        let schema = self.config.db_schema.clone();
         let mut tasks = tokio::task::JoinSet::new();
         let waker = self.dispatcher.as_ref().map(Dispatcher::waker);
         let handoff = self.dispatcher.as_ref().map(Dispatcher::handoff);
@@ -219,7 +225,7 @@ impl Process {
                 handoff,
                 batcher: crate::intake::Batcher::start(
                     self.pool.clone(),
-                    Schema::new(self.config.db_schema.clone()),
+                    self.config.db_schema.clone(),
                     BATCH_WRITERS,
                 ),
                 token: self.config.api_token.clone().map(Into::into),

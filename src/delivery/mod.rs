@@ -134,7 +134,7 @@ impl Dispatcher {
         let (handoff, handed_off) = handoff::channel(capacity.clone(), lease);
         Ok(Dispatcher {
             pool,
-            schema: Schema::new(config.db_schema.clone()),
+            schema: config.db_schema.clone(),
             engine: Engine {
                 sender: Arc::new(
                     Sender::new(egress, secret, config.attempt_timeout).with_media_roots(

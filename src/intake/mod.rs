@@ -78,7 +78,7 @@ impl Postback {
     /// The library handle for `config` (schema, job TTL, egress deny list).
     pub fn new(config: &Config) -> Self {
         Postback {
-            schema: Schema::new(config.db_schema.clone()),
+            schema: config.db_schema.clone(),
             job_ttl: config.job_ttl,
             policy: Arc::new(EgressPolicy::new(
                 config.egress_allow.clone(),

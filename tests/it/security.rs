@@ -211,3 +211,267 @@ async fn the_attempt_checks_the_root_again_when_the_file_became_a_symlink() {
     })
     .await
 }
+
+// ---- The real binary ------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_postback");
+
+/// The binary with none of the caller's Postback settings.
+fn postback() -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("POSTBACK_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` for at most `limit`: exit code (None if it had to be killed),
+/// everything it printed, and how long it ran.
+fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+) -> (Option<i32>, String, Duration) {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run postback");
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut text);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    (code, text, started.elapsed())
+}
+
+// ---- Finding 3: SQL injection through the schema name ---------------------
+
+#[test]
+fn a_schema_name_that_is_not_a_plain_identifier_is_exit_2_naming_the_setting() {
+    let evil = "x; select pg_sleep(5)";
+    for args in [
+        vec!["migrate", "--db-schema", evil],
+        vec!["deliveries", "list", "--db-schema", evil],
+        vec!["replay", "--status", "failed", "--db-schema", evil],
+        vec!["purge", "--expired", "--db-schema", evil],
+    ] {
+        let (code, text, _) = run_bounded(
+            postback()
+                .args(&args)
+                .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+            Duration::from_secs(20),
+        );
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(text.contains("POSTBACK_DB_SCHEMA"), "{args:?}: {text}");
+    }
+    let (code, text, _) = run_bounded(
+        postback()
+            .arg("migrate")
+            .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x")
+            .env("POSTBACK_DB_SCHEMA", evil),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("POSTBACK_DB_SCHEMA"), "{text}");
+    // The library refuses it too.
+    assert!(postback::Schema::new(evil).is_err());
+    assert!(postback::Schema::new("Upper").is_err());
+    assert!(postback::Schema::new("a".repeat(64)).is_err());
+    assert!(postback::Schema::new("dispatch_2").is_ok());
+}
+
+// ---- Finding 6: settings that passed parsing and broke later ---------------
+
+#[test]
+fn out_of_range_settings_are_exit_2_naming_the_setting() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("POSTBACK_SIGNING_SECRET", "whsec_AAE=")],
+            "POSTBACK_SIGNING_SECRET",
+        ),
+        // 23 bytes: one short.
+        (
+            &[(
+                "POSTBACK_SIGNING_SECRET",
+                "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==",
+            )],
+            "POSTBACK_SIGNING_SECRET",
+        ),
+        (
+            &[("POSTBACK_ATTEMPT_TIMEOUT", "300000y")],
+            "POSTBACK_ATTEMPT_TIMEOUT",
+        ),
+        (
+            &[("POSTBACK_RETRY_GIVE_UP", "20000y")],
+            "POSTBACK_RETRY_GIVE_UP",
+        ),
+        (
+            &[("POSTBACK_CONCURRENCY", "2305843009213693952")],
+            "POSTBACK_CONCURRENCY",
+        ),
+        (&[("POSTBACK_JOB_TTL", "1h")], "POSTBACK_JOB_TTL"),
+        (&[("POSTBACK_JOB_TTL", "36h")], "POSTBACK_JOB_TTL"),
+        // Two immediate retries of up to 30 s cannot start inside 10 s.
+        (
+            &[
+                ("POSTBACK_RETRY_GIVE_UP", "10s"),
+                ("POSTBACK_JOB_TTL", "1d"),
+            ],
+            "POSTBACK_RETRY_GIVE_UP",
+        ),
+        (&[("DATABASE_URL", "")], "DATABASE_URL"),
+        (&[("DATABASE_URL", "not a url")], "DATABASE_URL"),
+        (&[("POSTBACK_API_TOKEN", ",,")], "POSTBACK_API_TOKEN"),
+        (
+            &[("POSTBACK_MEDIA_ROOT", "relative/dir")],
+            "POSTBACK_MEDIA_ROOT",
+        ),
+        (
+            &[("POSTBACK_MEDIA_ROOT", "/no/such/postback/dir")],
+            "POSTBACK_MEDIA_ROOT",
+        ),
+        // Empty lists and trailing commas parse: the error is the next one.
+        (
+            &[
+                ("POSTBACK_EGRESS_ALLOW", ""),
+                ("POSTBACK_EGRESS_DENY", "10.0.0.0/8,,"),
+                ("POSTBACK_EGRESS_PUBLIC_IPS", "203.0.113.7,"),
+                ("POSTBACK_MEDIA_ROOT", ","),
+                ("POSTBACK_JOB_TTL", "1h"),
+            ],
+            "POSTBACK_JOB_TTL",
+        ),
+    ];
+    for (env, named) in cases {
+        let mut cmd = postback();
+        cmd.arg("serve")
+            .env("POSTBACK_API_TOKEN", "t")
+            .env("DATABASE_URL", "postgres://x@127.0.0.1:1/x");
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let (code, text, _) = run_bounded(&mut cmd, Duration::from_secs(20));
+        assert_eq!(code, Some(2), "{env:?}: {text}");
+        assert!(text.contains(named), "{env:?} must name {named}: {text}");
+        assert!(!text.contains("panicked"), "{env:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn admin_durations_and_rates_too_large_to_compute_with_are_exit_2_not_a_panic() {
+    let url = crate::helpers::fresh_database().await;
+    let (code, text, _) = run_bounded(
+        postback().args(["migrate"]).env("DATABASE_URL", &url),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text, _) = run_bounded(
+        postback()
+            .args(["deliveries", "list", "--since", "20000y"])
+            .env("DATABASE_URL", &url),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--since"), "{text}");
+    let ids = [
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    ];
+    let (code, text, _) = run_bounded(
+        postback()
+            .args(["replay", &ids[0], &ids[1], "--rate", "1e-12/s"])
+            .env("DATABASE_URL", &url),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("--rate") && !text.contains("panicked"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("no such delivery"),
+        "nothing was replayed first: {text}"
+    );
+}
+
+// ---- Finding 7: a silent second database ----------------------------------
+
+#[test]
+fn admin_commands_give_up_on_an_unreachable_database_within_10_s_with_the_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }; // closed again: nothing listens there
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=2");
+    for args in [vec!["deliveries", "list"], vec!["migrate"]] {
+        let (code, text, took) = run_bounded(
+            postback().args(&args).env("DATABASE_URL", &url),
+            Duration::from_secs(30),
+        );
+        assert!(code.is_some(), "{args:?} still running after 30 s: {text}");
+        assert_ne!(code, Some(0), "{args:?}: {text}");
+        assert!(
+            took < Duration::from_secs(12),
+            "{args:?} took {took:?}: {text}"
+        );
+        assert!(
+            text.contains("Connection refused") && !text.contains("pool timed out"),
+            "{args:?} must print the connection error: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_commands_without_database_url_use_the_private_cluster_of_the_data_dir() {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        eprintln!("skipped: the suite runs on DATABASE_URL, not on a private cluster");
+        return;
+    }
+    // The suite's own cluster is a private cluster started the way `serve`
+    // starts one (tests/it/helpers.rs).
+    let _ = crate::helpers::fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("postback-test-{}", std::process::id()));
+    let schema = format!("s_{}", uuid::Uuid::new_v4().simple());
+    for args in [vec!["migrate"], vec!["deliveries", "list"]] {
+        let (code, text, _) = run_bounded(
+            postback()
+                .args(&args)
+                .env("POSTBACK_DATA_DIR", &dir)
+                .env("POSTBACK_DB_SCHEMA", &schema),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+    }
+    // No cluster there: exit 2 naming both ways out.
+    let empty = temp_dir("nodata");
+    let (code, text, _) = run_bounded(
+        postback()
+            .args(["deliveries", "list"])
+            .env("POSTBACK_DATA_DIR", &empty),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("DATABASE_URL") && text.contains("POSTBACK_DATA_DIR"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+}
