@@ -239,8 +239,7 @@ impl Process {
             let app = crate::api::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                crate::api::serve(listener, app, stop)
                     .await
                     .map_err(anyhow::Error::from)
             });
@@ -251,8 +250,7 @@ impl Process {
             let app = crate::api::metrics_router(handle);
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                crate::api::serve(listener, app, stop)
                     .await
                     .map_err(anyhow::Error::from)
             });

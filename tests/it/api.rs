@@ -426,6 +426,9 @@ async fn unknown_and_expired_jobs_answer_404_with_their_codes() {
         let app = TestApp::spawn_with(|c| {
             c.concurrency = 0;
             c.job_ttl = Duration::from_millis(300);
+            // The TTL must exceed the give-up horizon (SPEC §1).
+            c.retry_immediate = 0;
+            c.retry_give_up = Duration::from_millis(100);
         })
         .await;
         let mut checked = false;

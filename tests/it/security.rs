@@ -475,3 +475,176 @@ async fn admin_commands_without_database_url_use_the_private_cluster_of_the_data
     );
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+// ---- Finding 4: the API edge ----------------------------------------------
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_head_is_closed_within_10_s() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: postback\r\nContent-Type: application/json\r\n",
+        )
+        .await
+        .expect("half a request head");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(16), stream.read_to_end(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "the connection was still open after {took:?}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "closed after {took:?}, before the 10 s allowed"
+    );
+    // A complete request on a fresh connection is still served.
+    assert_eq!(app.get("/v1/egress").await.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_v1_paths_are_401_without_a_token_and_404_with_one() {
+    bounded(async {
+        let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+        let http = reqwest::Client::new();
+        for path in ["/v1/no-such-thing", "/v1/jobs/x/nope", "/v1", "/v1/"] {
+            let r = http.get(app.url(path)).send().await.expect("request");
+            assert_eq!(r.status(), 401, "{path} without a token");
+            let r = http.delete(app.url(path)).send().await.expect("request");
+            assert_eq!(r.status(), 401, "DELETE {path} without a token");
+        }
+        let r = app.get("/v1/no-such-thing").await;
+        assert_eq!(r.status(), 404);
+        // Open routes stay open.
+        let r = http.get(app.url("/healthz")).send().await.expect("request");
+        assert_eq!(r.status(), 200);
+        let r = http.get(app.url("/nowhere")).send().await.expect("request");
+        assert_eq!(r.status(), 404);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_response_carries_an_x_request_id_the_callers_when_sent() {
+    bounded(async {
+        let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+        let http = reqwest::Client::new();
+        let r = http
+            .get(app.url("/v1/egress"))
+            .header("x-request-id", "caller-id-42")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["x-request-id"], "caller-id-42");
+        let mut seen = std::collections::BTreeSet::new();
+        for path in ["/healthz", "/v1/egress", "/nowhere"] {
+            let r = http.get(app.url(path)).send().await.expect("request");
+            let id = r
+                .headers()
+                .get("x-request-id")
+                .expect("x-request-id")
+                .to_str()
+                .expect("text");
+            assert!(
+                uuid::Uuid::parse_str(id).is_ok(),
+                "{path}: generated id {id}"
+            );
+            assert!(seen.insert(id.to_owned()), "ids are fresh");
+        }
+        let r = app.get("/v1/egress").await;
+        assert!(r.headers().contains_key("x-request-id"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_token_of_a_comma_list_works() {
+    bounded(async {
+        let app = TestApp::spawn_with(|c| {
+            c.concurrency = 0;
+            c.api_token = Some("tok-new, tok-old,".to_owned());
+        })
+        .await;
+        let http = reqwest::Client::new();
+        for (token, status) in [
+            ("tok-new", 200),
+            ("tok-old", 200),
+            ("tok-other", 401),
+            ("", 401),
+        ] {
+            let r = http
+                .get(app.url("/v1/egress"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status(), status, "token {token:?}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_access_log_names_each_request_id() {
+    let url = crate::helpers::fresh_database().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let child = postback()
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("POSTBACK_API_TOKEN", "t")
+        .env("POSTBACK_CONCURRENCY", "0")
+        .env("POSTBACK_LOG_FORMAT", "json")
+        .env("POSTBACK_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http
+        .get(format!("{base}/v1/egress"))
+        .bearer_auth("t")
+        .header("x-request-id", "access-log-7f3a")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("serve output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("access-log-7f3a"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one access-log line for the request: {log}");
+    let line: Value = serde_json::from_str(lines[0]).expect("a JSON log line");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["span"]["path"], "/v1/egress", "{line}");
+    assert_eq!(line["span"]["request_id"], "access-log-7f3a", "{line}");
+}
