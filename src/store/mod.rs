@@ -96,7 +96,12 @@ pub async fn connect(url: &str, schema: &Schema, max_connections: u32) -> Result
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(false);
-    let connect = || pool.clone().connect_with(options.clone());
+    let connect = || async {
+        pool.clone()
+            .connect_with(options.clone())
+            .await
+            .map_err(tls_as_tls)
+    };
     let pool = connect
         .retry(
             ExponentialBuilder::default()
@@ -127,7 +132,12 @@ pub async fn connect_within(
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, sqlx::PgConnection::connect_with(&options)).await {
+        let attempt = async {
+            sqlx::PgConnection::connect_with(&options)
+                .await
+                .map_err(tls_as_tls)
+        };
+        match tokio::time::timeout(left, attempt).await {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 break;
@@ -156,6 +166,20 @@ pub async fn connect_within(
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// sqlx reports a failed TLS handshake (a certificate the `sslrootcert`
+/// does not vouch for, say) as an I/O error, which reads like an outage and
+/// would be retried. It is a configuration error: report it as TLS, once.
+fn tls_as_tls(err: sqlx::Error) -> sqlx::Error {
+    let is_tls = matches!(&err, sqlx::Error::Io(io)
+        if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()));
+    match err {
+        sqlx::Error::Io(io) if is_tls => {
+            sqlx::Error::Tls(format!("{io} (check sslmode and sslrootcert of DATABASE_URL)").into())
+        }
+        other => other,
+    }
+}
 
 /// Creates `schema` if needed and applies the embedded migrations inside it,
 /// on any connection (the caller's pool or its own), leaving the

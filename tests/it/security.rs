@@ -648,3 +648,270 @@ async fn the_access_log_names_each_request_id() {
     assert_eq!(line["span"]["path"], "/v1/egress", "{line}");
     assert_eq!(line["span"]["request_id"], "access-log-7f3a", "{line}");
 }
+
+// ---- Finding 2: TLS to PostgreSQL -----------------------------------------
+
+/// Runs a command, panicking with its output when it fails.
+fn must(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The unprivileged owner PostgreSQL runs as when the tests run as root.
+fn pg_owner() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("user lookup")
+        .expect("a postgres system user (.ci/run creates it)");
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn as_owner(
+    cmd: &mut std::process::Command,
+    owner: Option<(u32, u32)>,
+) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn chown_all(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        must(std::process::Command::new("chown").args([
+            "-R",
+            &format!("{uid}:{gid}"),
+            &path.to_string_lossy(),
+        ]));
+    }
+}
+
+/// A CA (`{name}.pem`, `{name}.key`) made with openssl.
+fn make_ca(dir: &Path, name: &str) {
+    must(
+        std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]),
+    );
+}
+
+/// A PostgreSQL cluster of its own on 127.0.0.1 with `ssl = on`, a server
+/// certificate signed by `ca.pem` (made here), and only `hostssl` allowed
+/// over TCP, as a managed service that forces TLS. Stopped on drop.
+struct TlsCluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    port: u16,
+}
+
+impl TlsCluster {
+    fn start() -> TlsCluster {
+        let bin = postback::pgcluster::find_server_binaries().expect("PostgreSQL server binaries");
+        let owner = pg_owner();
+        let dir = temp_dir("tls-pg");
+        let data = dir.join("data");
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).expect("run dir");
+        make_ca(&dir, "ca");
+        make_ca(&dir, "other-ca");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
+        must(
+            std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args([
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ]),
+        );
+        must(
+            std::process::Command::new("openssl")
+                .current_dir(&dir)
+                .args([
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "server.ext",
+                ]),
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("key mode");
+        chown_all(&dir, owner);
+        must(as_owner(
+            std::process::Command::new(bin.join("initdb")).args([
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ]),
+            owner,
+        ));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        conf.push_str(&format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nfsync = off\n",
+            run.display(),
+            dir.join("server.pem").display(),
+            dir.join("server.key").display(),
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf).expect("conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("hba");
+        chown_all(&dir, owner);
+        let cluster = TlsCluster {
+            dir,
+            bin,
+            owner,
+            port,
+        };
+        must(as_owner(
+            std::process::Command::new(cluster.bin.join("pg_ctl")).args([
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &cluster.dir.join("run").join("log").to_string_lossy(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]),
+            owner,
+        ));
+        cluster
+    }
+
+    fn url(&self, params: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?{params}",
+            self.port
+        )
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let _ = as_owner(
+            std::process::Command::new(self.bin.join("pg_ctl")).args([
+                "-D",
+                &self.dir.join("data").to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]),
+            self.owner,
+        )
+        .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn database_url_takes_sslmode_and_sslrootcert() {
+    let cluster = TlsCluster::start();
+    let migrate = |url: String| {
+        run_bounded(
+            postback().arg("migrate").env("DATABASE_URL", url),
+            Duration::from_secs(30),
+        )
+    };
+    // The server takes TCP connections only with TLS.
+    let (code, text, _) = migrate(cluster.url("sslmode=disable"));
+    assert_ne!(code, Some(0), "a plain connection must be refused: {text}");
+    for params in [
+        "sslmode=require".to_owned(),
+        "sslmode=prefer".to_owned(),
+        format!("sslmode=verify-ca&sslrootcert={}", cluster.file("ca.pem")),
+        format!("sslmode=verify-full&sslrootcert={}", cluster.file("ca.pem")),
+    ] {
+        let (code, text, _) = migrate(cluster.url(&params));
+        assert_eq!(code, Some(0), "{params}: {text}");
+    }
+    // The wrong CA: refused, and the message says it is the certificate.
+    for mode in ["verify-full", "verify-ca"] {
+        let params = format!(
+            "sslmode={mode}&sslrootcert={}",
+            cluster.file("other-ca.pem")
+        );
+        let (code, text, took) = migrate(cluster.url(&params));
+        assert_eq!(code, Some(1), "{params}: {text}");
+        assert!(
+            text.contains("TLS") && text.to_lowercase().contains("certificate"),
+            "{params}: the error must name TLS and the certificate: {text}"
+        );
+        assert!(took < Duration::from_secs(12), "{params}: took {took:?}");
+    }
+}
