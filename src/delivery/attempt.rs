@@ -105,13 +105,21 @@ impl Sender {
     ) -> Result<(u16, Option<String>), Failure> {
         let url =
             reqwest::Url::parse(&d.url).map_err(|e| Failure::other(format!("bad url: {e}")))?;
-        self.egress.preflight(&url).await.map_err(|e| match e {
+        // With a proxy, `target` may name the checked address instead of
+        // the host (the proxy must not resolve it again), keeping the name
+        // in `Host`.
+        let target = self.egress.preflight(&url).await.map_err(|e| match e {
             PreflightError::Blocked(b) => Failure::new(Outcome::BlockedDestination, b.to_string()),
             unresolvable => Failure::new(Outcome::ConnectError, unresolvable.to_string()),
         })?;
         let timestamp = started_at.unix_timestamp();
         let msg_id = d.id.to_string();
         let mut headers = self.headers(d, &msg_id, timestamp)?;
+        if let Some(host) = &target.host {
+            let host = HeaderValue::from_str(host)
+                .map_err(|_| Failure::other("the host is not a header value".into()))?;
+            headers.insert(reqwest::header::HOST, host);
+        }
         let method = match d.method {
             Method::Put => reqwest::Method::PUT,
             Method::Post => reqwest::Method::POST,
@@ -119,7 +127,7 @@ impl Sender {
         let request = self
             .egress
             .client()
-            .request(method, url)
+            .request(method, target.url)
             .timeout(self.timeout);
         let request = match (&d.body, &d.file_path) {
             (Some(body), _) => {
