@@ -447,6 +447,38 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// What a production deployment should set and this one left unset
+    /// (docs/operations.md, "Security"): one sentence per setting, for
+    /// `serve` and `worker` to log at warn level at start.
+    /// (`POSTBACK_SECRETS_KEY` joins this list when stored secrets are
+    /// encrypted.)
+    pub fn security_warnings(&self, api: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if api && self.api_tokens().is_empty() && self.insecure_no_auth {
+            out.push(
+                "POSTBACK_INSECURE_NO_AUTH=1: the API answers /v1 without authentication; \
+                 set POSTBACK_API_TOKEN in production"
+                    .to_owned(),
+            );
+        }
+        if self.media_root.is_empty() {
+            out.push(
+                "POSTBACK_MEDIA_ROOT is not set: media callbacks are refused (400 media_disabled); \
+                 set it to the directories the ASR backend writes media to"
+                    .to_owned(),
+            );
+        }
+        if let Some(url) = &self.database_url {
+            if let Some(host) = database_without_tls(url) {
+                out.push(format!(
+                    "DATABASE_URL connects to {host} without requiring TLS; \
+                     add sslmode=verify-full (and sslrootcert=…) unless the network is private"
+                ));
+            }
+        }
+        out
+    }
+
     /// The API refuses to start unauthenticated unless told so explicitly.
     pub fn validate_api(&self) -> Result<(), ConfigError> {
         if self.api_token.is_none() && !self.insecure_no_auth {
@@ -514,6 +546,27 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
     sqlx::postgres::PgConnectOptions::from_str(url.trim())
         .map(|_| ())
         .map_err(|e| format!("is not a PostgreSQL URL ({e}); use postgres://user:password@host/db"))
+}
+
+/// The host of a `DATABASE_URL` that reaches another machine over TCP
+/// without requiring TLS (`sslmode` unset, `disable`, `allow` or `prefer`);
+/// `None` for TLS-required URLs, Unix sockets and loopback.
+fn database_without_tls(url: &str) -> Option<String> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    use std::str::FromStr;
+    let options = PgConnectOptions::from_str(url.trim()).ok()?;
+    if options.get_socket().is_some() {
+        return None;
+    }
+    let host = options.get_host().to_owned();
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let required = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    (!local && !required).then_some(host)
 }
 
 /// A humantime duration longer than zero.
@@ -637,6 +690,38 @@ mod tests {
             config.job_ttl > config.retry_give_up,
             "SPEC: the TTL exceeds the give-up"
         );
+    }
+
+    #[test]
+    fn security_warnings_name_each_production_setting_left_unset() {
+        let open = Config {
+            insecure_no_auth: true,
+            database_url: Some("postgres://u@db.internal/postback".into()),
+            ..Config::default()
+        };
+        let warnings = open.security_warnings(true).join("\n");
+        for named in [
+            "POSTBACK_INSECURE_NO_AUTH",
+            "POSTBACK_MEDIA_ROOT",
+            "DATABASE_URL",
+        ] {
+            assert!(warnings.contains(named), "{named}: {warnings}");
+        }
+        let hardened = Config {
+            api_token: Some("t".into()),
+            media_root: vec![std::env::temp_dir()],
+            database_url: Some("postgres://u@db.internal/postback?sslmode=verify-full".into()),
+            ..Config::default()
+        };
+        assert!(hardened.security_warnings(true).is_empty());
+        for local in [
+            "postgres://u@localhost/db",
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@x/db?host=/run/postgresql",
+            "postgres://u@db/db?sslmode=require",
+        ] {
+            assert_eq!(database_without_tls(local), None, "{local}");
+        }
     }
 
     /// `Config::default()` is what `serve` runs with when given no flags and

@@ -116,6 +116,9 @@ impl Process {
                 url
             }
         };
+        for warning in config.security_warnings(role == Role::Serve) {
+            tracing::warn!(target: "postback::security", "{warning}");
+        }
         config.database_url = Some(database_url.clone());
         // Enough for the API's concurrent requests and the workers' claim,
         // completion, LISTEN and gauge connections.
