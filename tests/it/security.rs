@@ -915,3 +915,66 @@ fn database_url_takes_sslmode_and_sslrootcert() {
         assert!(took < Duration::from_secs(12), "{params}: took {took:?}");
     }
 }
+
+#[tokio::test]
+async fn serve_on_its_private_cluster_warns_with_the_path_and_admin_commands_find_it() {
+    let dir = temp_dir("private");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let child = postback()
+        .arg("serve")
+        .env("POSTBACK_API_TOKEN", "t")
+        .env("POSTBACK_CONCURRENCY", "0")
+        .env("POSTBACK_DATA_DIR", &dir)
+        .env("POSTBACK_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // DATABASE_URL unset: the admin command uses the same private cluster.
+    let (code, text, _) = run_bounded(
+        postback()
+            .args(["deliveries", "list"])
+            .env("POSTBACK_DATA_DIR", &dir),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("serve output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warned = log.lines().any(|l| {
+        l.contains("WARN") && l.contains("DATABASE_URL") && l.contains(&*dir.to_string_lossy())
+    });
+    assert!(
+        warned,
+        "no warning naming the private cluster's path: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
