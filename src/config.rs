@@ -398,36 +398,17 @@ impl Config {
                 ),
             );
         }
-        // Each immediate retry starts at the latest one attempt timeout after
-        // the previous one: all of them must start inside the horizon.
-        let immediate_span = self
-            .attempt_timeout
-            .checked_mul(self.retry_immediate)
-            .filter(|d| *d <= MAX_DURATION);
-        match immediate_span {
-            None => {
-                return fail(
-                    "POSTBACK_RETRY_IMMEDIATE",
-                    format!(
-                        "{} immediate retries of up to {} each are too many to schedule",
-                        self.retry_immediate,
-                        show(self.attempt_timeout)
-                    ),
-                )
-            }
-            Some(span) if self.retry_immediate > 0 && span > self.retry_give_up => {
-                return fail(
-                    "POSTBACK_RETRY_GIVE_UP",
-                    format!(
-                        "{} is too short for POSTBACK_RETRY_IMMEDIATE={} retries of up to POSTBACK_ATTEMPT_TIMEOUT={} each ({}); raise it or retry less",
-                        show(self.retry_give_up),
-                        self.retry_immediate,
-                        show(self.attempt_timeout),
-                        show(span)
-                    ),
-                )
-            }
-            Some(_) => {}
+        // The immediate retries are due at once after a failure, so they fit
+        // any horizon but an empty one (which makes no retry at all).
+        if self.retry_immediate > 0 && self.retry_give_up.is_zero() {
+            return fail(
+                "POSTBACK_RETRY_GIVE_UP",
+                format!(
+                    "0s leaves no room for POSTBACK_RETRY_IMMEDIATE={} immediate retries; \
+                     set a horizon (such as 36h) or POSTBACK_RETRY_IMMEDIATE=0",
+                    self.retry_immediate
+                ),
+            );
         }
         Ok(())
     }

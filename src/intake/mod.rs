@@ -75,7 +75,8 @@ struct StoredCallback {
 }
 
 impl Postback {
-    /// The library handle for `config` (schema, job TTL, egress deny list).
+    /// The library handle for `config` (schema, job TTL, egress deny list,
+    /// media roots).
     pub fn new(config: &Config) -> Self {
         Postback {
             schema: config.db_schema.clone(),

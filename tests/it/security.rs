@@ -329,12 +329,9 @@ fn out_of_range_settings_are_exit_2_naming_the_setting() {
         ),
         (&[("POSTBACK_JOB_TTL", "1h")], "POSTBACK_JOB_TTL"),
         (&[("POSTBACK_JOB_TTL", "36h")], "POSTBACK_JOB_TTL"),
-        // Two immediate retries of up to 30 s cannot start inside 10 s.
+        // Immediate retries need a horizon to be made in.
         (
-            &[
-                ("POSTBACK_RETRY_GIVE_UP", "10s"),
-                ("POSTBACK_JOB_TTL", "1d"),
-            ],
+            &[("POSTBACK_RETRY_GIVE_UP", "0s")],
             "POSTBACK_RETRY_GIVE_UP",
         ),
         (&[("DATABASE_URL", "")], "DATABASE_URL"),
