@@ -53,7 +53,15 @@ pub mod defaults {
     pub const LOG_FORMAT: &str = "pretty";
     /// `POSTBACK_DB_SCHEMA`.
     pub const DB_SCHEMA: &str = "postback";
+    /// Every list setting (`POSTBACK_EGRESS_ALLOW`, `POSTBACK_MEDIA_ROOT`, …):
+    /// the empty list.
+    pub const EMPTY_LIST: &str = "";
 }
+
+/// The longest duration any setting takes (100 years): longer ones are
+/// "too large to compute with" (SPEC §1), refused with exit 2 instead of
+/// overflowing a timestamp later.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,7 +99,7 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Bearer token for /v1/*.
+    /// Bearer token for /v1/*; a comma list is accepted (every listed token works).
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "POSTBACK_API_TOKEN", hide_env_values = true)
@@ -186,19 +194,23 @@ pub struct Config {
     pub egress_proxy: Option<url::Url>,
 
     /// Comma list of public addresses published at GET /v1/egress (default: the source address).
-    #[cfg_attr(
-        feature = "cli",
-        arg(long, env = "POSTBACK_EGRESS_PUBLIC_IPS", value_delimiter = ',')
-    )]
-    pub egress_public_ips: Vec<IpAddr>,
+    // The lists are spelled `::std::vec::Vec` so that clap takes the whole
+    // comma list as one value (SPEC §1: an empty value is the empty list,
+    // empty entries are ignored) instead of one value per entry.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PUBLIC_IPS", value_parser = parse_ip_list, default_value = defaults::EMPTY_LIST))]
+    pub egress_public_ips: ::std::vec::Vec<IpAddr>,
 
     /// Comma list of CIDRs exempt from the private-address deny list.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_ALLOW", value_delimiter = ',', value_parser = parse_cidr))]
-    pub egress_allow: Vec<IpNet>,
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_ALLOW", value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
+    pub egress_allow: ::std::vec::Vec<IpNet>,
 
     /// Extra CIDRs to deny.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_DENY", value_delimiter = ',', value_parser = parse_cidr))]
-    pub egress_deny: Vec<IpNet>,
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_DENY", value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
+    pub egress_deny: ::std::vec::Vec<IpNet>,
+
+    /// Comma list of directories media callbacks may send files from; unset: media callbacks are refused.
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MEDIA_ROOT", value_parser = parse_path_list, default_value = defaults::EMPTY_LIST))]
+    pub media_root: ::std::vec::Vec<PathBuf>,
 
     /// `pretty` or `json`.
     #[cfg_attr(
@@ -218,7 +230,7 @@ pub struct Config {
 
     /// PostgreSQL schema that holds Postback's tables.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = defaults::DB_SCHEMA, value_parser = parse_schema))]
-    pub db_schema: String,
+    pub db_schema: crate::store::Schema,
 }
 
 impl Default for Config {
@@ -280,6 +292,7 @@ impl Default for Config {
             egress_public_ips: Vec::new(),
             egress_allow: Vec::new(),
             egress_deny: Vec::new(),
+            media_root: Vec::new(),
             log_format: parse("LOG_FORMAT", defaults::LOG_FORMAT, parse_log_format),
             metrics_listen: None,
             db_schema: parse("DB_SCHEMA", defaults::DB_SCHEMA, parse_schema),
@@ -356,18 +369,38 @@ impl Config {
                 reason: "must be larger than 0 bytes".to_owned(),
             });
         }
-        if let Some(token) = &self.api_token {
-            if token.trim().is_empty() {
+        if self.api_token.is_some() && self.api_tokens().is_empty() {
+            return Err(ConfigError {
+                setting: "POSTBACK_API_TOKEN",
+                reason: "is set but empty; set a long random token".to_owned(),
+            });
+        }
+        if let Some(secret) = &self.signing_secret {
+            let parsed = crate::signing::SigningSecret::parse(secret).map_err(|e| ConfigError {
+                setting: "POSTBACK_SIGNING_SECRET",
+                reason: format!("{e}; expected whsec_ followed by base64"),
+            })?;
+            if parsed.len() < MIN_SECRET_BYTES || !secret.trim().starts_with("whsec_") {
                 return Err(ConfigError {
-                    setting: "POSTBACK_API_TOKEN",
-                    reason: "is set but empty; set a long random token".to_owned(),
+                    setting: "POSTBACK_SIGNING_SECRET",
+                    reason: format!(
+                        "is {} bytes long; it must be whsec_ + base64 of at least {MIN_SECRET_BYTES} random bytes",
+                        parsed.len()
+                    ),
                 });
             }
         }
-        if let Some(secret) = &self.signing_secret {
-            crate::signing::SigningSecret::parse(secret).map_err(|e| ConfigError {
-                setting: "POSTBACK_SIGNING_SECRET",
-                reason: format!("{e}; expected whsec_ followed by base64"),
+        if let Some(url) = &self.database_url {
+            check_database_url(url).map_err(|reason| ConfigError {
+                setting: "DATABASE_URL",
+                reason,
+            })?;
+        }
+        self.validate_ranges()?;
+        for dir in &self.media_root {
+            crate::media::MediaRoots::check_root(dir).map_err(|reason| ConfigError {
+                setting: "POSTBACK_MEDIA_ROOT",
+                reason: format!("{reason}; list absolute directories"),
             })?;
         }
         if self.per_customer_concurrency == 0 {
@@ -377,10 +410,6 @@ impl Config {
             });
         }
         self.keyring()?;
-        parse_schema(&self.db_schema).map_err(|reason| ConfigError {
-            setting: "POSTBACK_DB_SCHEMA",
-            reason,
-        })?;
         Ok(())
     }
 
@@ -401,6 +430,111 @@ impl Config {
         }
     }
 
+    /// Values that parse but that Postback cannot compute with, and the
+    /// relations between the schedule, the TTL and the concurrency (SPEC §1).
+    fn validate_ranges(&self) -> Result<(), ConfigError> {
+        let fail = |setting: &'static str, reason: String| Err(ConfigError { setting, reason });
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        for (setting, d) in [
+            ("POSTBACK_RETRY_FIRST_DELAY", self.retry_first_delay),
+            ("POSTBACK_RETRY_MAX_DELAY", self.retry_max_delay),
+            ("POSTBACK_RETRY_GIVE_UP", self.retry_give_up),
+            ("POSTBACK_ATTEMPT_TIMEOUT", self.attempt_timeout),
+            ("POSTBACK_JOB_TTL", self.job_ttl),
+        ] {
+            if d > MAX_DURATION {
+                return fail(setting, format!("{} is longer than 100 years", show(d)));
+            }
+        }
+        // The semaphore of `queue::capacity` (its MAX_CONCURRENCY) holds at most this.
+        const MAX_CONCURRENCY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.concurrency > MAX_CONCURRENCY {
+            return fail(
+                "POSTBACK_CONCURRENCY",
+                format!(
+                    "{} is above the most attempts one process can hold ({})",
+                    self.concurrency, MAX_CONCURRENCY
+                ),
+            );
+        }
+        if self.job_ttl <= self.retry_give_up {
+            return fail(
+                "POSTBACK_JOB_TTL",
+                format!(
+                    "{} must exceed POSTBACK_RETRY_GIVE_UP ({}): a delivery would expire while still retried",
+                    show(self.job_ttl),
+                    show(self.retry_give_up)
+                ),
+            );
+        }
+        // The immediate retries are due at once after a failure, so they fit
+        // any horizon but an empty one (which makes no retry at all).
+        if self.retry_immediate > 0 && self.retry_give_up.is_zero() {
+            return fail(
+                "POSTBACK_RETRY_GIVE_UP",
+                format!(
+                    "0s leaves no room for POSTBACK_RETRY_IMMEDIATE={} immediate retries; \
+                     set a horizon (such as 36h) or POSTBACK_RETRY_IMMEDIATE=0",
+                    self.retry_immediate
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Every bearer token of `POSTBACK_API_TOKEN` (a comma list; empty
+    /// entries ignored).
+    pub fn api_tokens(&self) -> Vec<String> {
+        self.api_token
+            .as_deref()
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What a production deployment should set and this one left unset
+    /// (docs/operations.md, "Security"): one sentence per setting, for
+    /// `serve` and `worker` to log at warn level at start.
+    pub fn security_warnings(&self, api: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if api && self.api_tokens().is_empty() && self.insecure_no_auth {
+            out.push(
+                "POSTBACK_INSECURE_NO_AUTH=1: the API answers /v1 without authentication; \
+                 set POSTBACK_API_TOKEN in production"
+                    .to_owned(),
+            );
+        }
+        if self.keyring().map(|k| !k.is_sealing()).unwrap_or(false) {
+            out.push(
+                "POSTBACK_SECRETS_KEY is not set: customers' signing secrets, callback auth secrets \
+                 and header values are stored in clear; set it to a base64 32-byte key \
+                 (openssl rand -base64 32)"
+                    .to_owned(),
+            );
+        }
+        if self.media_root.is_empty() {
+            out.push(
+                "POSTBACK_MEDIA_ROOT is not set: media callbacks are refused (400 media_disabled); \
+                 set it to the directories the ASR backend writes media to"
+                    .to_owned(),
+            );
+        }
+        if let Some(url) = &self.database_url {
+            if let Some(host) = database_without_tls(url) {
+                out.push(format!(
+                    "DATABASE_URL connects to {host} without requiring TLS; \
+                     add sslmode=verify-full (and sslrootcert=…) unless the network is private"
+                ));
+            }
+        }
+        out
+    }
+
     /// The API refuses to start unauthenticated unless told so explicitly.
     pub fn validate_api(&self) -> Result<(), ConfigError> {
         if self.api_token.is_none() && !self.insecure_no_auth {
@@ -415,10 +549,80 @@ impl Config {
     }
 }
 
-/// Humantime duration (`150ms`, `15m`, `36h`, `7d`).
+/// Humantime duration (`150ms`, `15m`, `36h`, `7d`), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e}; use a duration such as 150ms, 15m, 36h or 7d"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}; use a duration such as 150ms, 15m, 36h or 7d"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{} is longer than the longest duration Postback computes with (100 years)",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// A comma list (SPEC §1): an empty value is the empty list, empty entries
+/// are ignored, every other entry must parse.
+pub fn parse_list<T>(s: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(item)
+        .collect()
+}
+
+/// A comma list of CIDRs or addresses ([`parse_cidr`]).
+pub fn parse_cidr_list(s: &str) -> Result<Vec<IpNet>, String> {
+    parse_list(s, parse_cidr)
+}
+
+/// A comma list of IP addresses.
+pub fn parse_ip_list(s: &str) -> Result<Vec<IpAddr>, String> {
+    parse_list(s, |e| {
+        e.parse::<IpAddr>()
+            .map_err(|_| format!("{e:?} is not an IP address"))
+    })
+}
+
+/// A comma list of paths (checked by [`Config::validate`]).
+pub fn parse_path_list(s: &str) -> Result<Vec<PathBuf>, String> {
+    parse_list(s, |e| Ok(PathBuf::from(e)))
+}
+
+/// The shortest signing secret accepted (SPEC §1: base64 of at least 24 bytes).
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// A `DATABASE_URL` that libpq's URL rules accept.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    use std::str::FromStr;
+    if url.trim().is_empty() {
+        return Err("is set but empty; set it to a postgres:// URL, or unset it".to_owned());
+    }
+    sqlx::postgres::PgConnectOptions::from_str(url.trim())
+        .map(|_| ())
+        .map_err(|e| format!("is not a PostgreSQL URL ({e}); use postgres://user:password@host/db"))
+}
+
+/// The host of a `DATABASE_URL` that reaches another machine over TCP
+/// without requiring TLS (`sslmode` unset, `disable`, `allow` or `prefer`);
+/// `None` for TLS-required URLs, Unix sockets and loopback.
+fn database_without_tls(url: &str) -> Option<String> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    use std::str::FromStr;
+    let options = PgConnectOptions::from_str(url.trim()).ok()?;
+    if options.get_socket().is_some() {
+        return None;
+    }
+    let host = options.get_host().to_owned();
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let required = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    (!local && !required).then_some(host)
 }
 
 /// A humantime duration longer than zero.
@@ -480,19 +684,9 @@ pub fn parse_flag(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_schema(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a plain lowercase PostgreSQL identifier (letters, digits, _)"
-        ))
-    }
+/// `POSTBACK_DB_SCHEMA`: a plain lower-case identifier.
+pub fn parse_schema(s: &str) -> Result<crate::store::Schema, String> {
+    crate::store::Schema::new(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -555,15 +749,46 @@ mod tests {
     fn the_defaults_are_the_schedule_and_schema_defaults_and_valid() {
         let config = Config::default();
         assert_eq!(config.retry_policy(), RetryPolicy::default());
-        assert_eq!(
-            crate::store::Schema::new(&config.db_schema),
-            crate::store::Schema::default()
-        );
+        assert_eq!(config.db_schema, crate::store::Schema::default());
         config.validate().expect("the defaults are valid");
         assert!(
             config.job_ttl > config.retry_give_up,
             "SPEC: the TTL exceeds the give-up"
         );
+    }
+
+    #[test]
+    fn security_warnings_name_each_production_setting_left_unset() {
+        let open = Config {
+            insecure_no_auth: true,
+            database_url: Some("postgres://u@db.internal/postback".into()),
+            ..Config::default()
+        };
+        let warnings = open.security_warnings(true).join("\n");
+        for named in [
+            "POSTBACK_INSECURE_NO_AUTH",
+            "POSTBACK_MEDIA_ROOT",
+            "DATABASE_URL",
+            "POSTBACK_SECRETS_KEY",
+        ] {
+            assert!(warnings.contains(named), "{named}: {warnings}");
+        }
+        let hardened = Config {
+            api_token: Some("t".into()),
+            secrets_key: Some(crate::sealing::Keyring::generate_key()),
+            media_root: vec![std::env::temp_dir()],
+            database_url: Some("postgres://u@db.internal/postback?sslmode=verify-full".into()),
+            ..Config::default()
+        };
+        assert!(hardened.security_warnings(true).is_empty());
+        for local in [
+            "postgres://u@localhost/db",
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@x/db?host=/run/postgresql",
+            "postgres://u@db/db?sslmode=require",
+        ] {
+            assert_eq!(database_without_tls(local), None, "{local}");
+        }
     }
 
     /// `Config::default()` is what `serve` runs with when given no flags and

@@ -21,6 +21,7 @@
 //! | leaf | [`egress`] | outbound identity and the SSRF guard (names refusals with [`ErrorCode`]) |
 //! | leaf | [`sealing`] | secrets at rest: AEAD sealing with `POSTBACK_SECRETS_KEY` |
 //! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
+//! | leaf | [`media`] | media files under `POSTBACK_MEDIA_ROOT`, opened once |
 //! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
 //! | data | [`config`] | every setting, from flags/env or code |
 //! | data | [`store`] | PostgreSQL: schema, migrations, tables outside the hot path |
@@ -53,6 +54,7 @@ pub mod egress;
 pub mod error;
 pub mod events;
 pub mod intake;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod pgcluster;

@@ -146,10 +146,7 @@ impl Cluster {
 
     /// The libpq URL of database `db` in this cluster.
     pub fn url_for(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{db}?host={}",
-            self.socket_dir.display()
-        )
+        socket_url(&self.socket_dir, db)
     }
 
     /// Stops the server (fast shutdown: sessions end, data is flushed).
@@ -294,6 +291,26 @@ impl Cluster {
             reason: e.to_string(),
         }
     }
+}
+
+/// The libpq URL of database `db` of a cluster whose socket is in `socket_dir`.
+fn socket_url(socket_dir: &Path, db: &str) -> String {
+    format!(
+        "postgres://postgres@localhost/{db}?host={}",
+        socket_dir.display()
+    )
+}
+
+/// The URL of the private cluster kept under `dir` (`POSTBACK_DATA_DIR`),
+/// when one was ever created there; `None` otherwise. Whether it is running
+/// is for the connection to find out. The admin commands use it when
+/// `DATABASE_URL` is unset (SPEC §1).
+pub fn existing_url(dir: &Path) -> Option<String> {
+    let root = absolute(dir).ok()?;
+    root.join("data")
+        .join("PG_VERSION")
+        .is_file()
+        .then(|| socket_url(&root.join("run"), "postgres"))
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: PATH first, then

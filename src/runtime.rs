@@ -129,6 +129,12 @@ impl Process {
                     command: "start".into(),
                     output: e.to_string(),
                 })??;
+            tracing::warn!(
+                path = %config.data_dir.display(),
+                "DATABASE_URL is not set: running on the private PostgreSQL cluster under {}; \
+                 set DATABASE_URL if a database of your own was meant",
+                config.data_dir.display()
+            );
             if started.adopted() {
                 tracing::warn!(
                     data_dir = %config.data_dir.display(),
@@ -163,8 +169,11 @@ impl Process {
 
     /// Everything of [`Process::start`] after the database URL is known.
     async fn assemble(config: Config, role: Role) -> Result<Process, StartError> {
-        let schema = Schema::new(config.db_schema.clone());
+        let schema = config.db_schema.clone();
         let database_url = config.database_url.clone().unwrap_or_default();
+        for warning in config.security_warnings(role == Role::Serve) {
+            tracing::warn!(target: "postback::security", "{warning}");
+        }
         // Enough for the API's concurrent requests and the workers' claim,
         // completion, LISTEN and gauge connections.
         let pool_size = (config.concurrency / 4).clamp(16, 64) as u32;
@@ -229,7 +238,7 @@ impl Process {
     /// their attempts in flight and write them, the pool closes and the
     /// private cluster (if any) stops.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let schema = Schema::new(self.config.db_schema.clone());
+        let schema = self.config.db_schema.clone();
         let mut tasks = tokio::task::JoinSet::new();
         let waker = self.dispatcher.as_ref().map(Dispatcher::waker);
         let handoff = self.dispatcher.as_ref().map(Dispatcher::handoff);
@@ -258,7 +267,7 @@ impl Process {
                 handoff,
                 batcher: crate::intake::Batcher::start(
                     self.pool.clone(),
-                    Schema::new(self.config.db_schema.clone()),
+                    self.config.db_schema.clone(),
                     BATCH_WRITERS,
                 ),
                 token: self.config.api_token.clone().map(Into::into),
@@ -272,8 +281,7 @@ impl Process {
             let app = crate::api::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                crate::api::serve(listener, app, stop)
                     .await
                     .map_err(anyhow::Error::from)
             });
@@ -284,25 +292,13 @@ impl Process {
             let app = crate::api::metrics_router(handle);
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                crate::api::serve(listener, app, stop)
                     .await
                     .map_err(anyhow::Error::from)
             });
         }
         #[cfg(not(feature = "api"))]
         let _ = (waker, handoff);
-        if self
-            .config
-            .secrets_key
-            .as_deref()
-            .is_none_or(|k| k.trim().is_empty())
-        {
-            tracing::warn!(
-                "POSTBACK_SECRETS_KEY is not set: customers' signing secrets, callback auth secrets \
-                 and header values are stored in clear; set it to a base64 32-byte key (openssl rand -base64 32)"
-            );
-        }
         tracing::info!(role = ?self.role, "running");
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {

@@ -110,8 +110,13 @@ impl SigningSecret {
     }
 
     /// Length of the decoded key in bytes.
-    pub fn key_len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.key.len()
+    }
+
+    /// True for an empty key (never, for a parsed or generated secret).
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
     }
 
     /// A fresh random secret from the operating system's CSPRNG.

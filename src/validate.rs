@@ -251,7 +251,7 @@ pub fn signing_secret(text: &str, field: &str) -> Result<crate::signing::Signing
         return Err(refused());
     }
     let secret = crate::signing::SigningSecret::parse(text).map_err(|_| refused())?;
-    if secret.key_len() < MIN_SECRET_BYTES {
+    if secret.len() < MIN_SECRET_BYTES {
         return Err(refused());
     }
     Ok(secret)

@@ -118,7 +118,14 @@ fn the_cycle_check_finds_a_cycle() {
 #[test]
 fn leaves_stay_leaves_and_layers_point_down() {
     let graph = module_graph();
-    for leaf in ["state", "error", "schedule", "signing", "pgcluster"] {
+    for leaf in [
+        "state",
+        "error",
+        "schedule",
+        "signing",
+        "pgcluster",
+        "media",
+    ] {
         let deps = graph.get(leaf).cloned().unwrap_or_default();
         assert!(
             deps.is_empty(),

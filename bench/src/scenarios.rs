@@ -741,12 +741,17 @@ pub async fn memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let url = ctx.pg.fresh_db(db).await?;
     let rx = Receiver::start().await?;
     // One 1 GiB PUT takes longer than the 30 s default attempt timeout on a busy box.
+    // Media is sent only from under POSTBACK_MEDIA_ROOT (the file is made in ctx.dir).
+    let media_root = ctx.dir.to_string_lossy().into_owned();
     let (mut serve, base) = ctx
         .serve(
             db,
             &url,
             ctx.plan.concurrency,
-            &[("POSTBACK_ATTEMPT_TIMEOUT", "300s")],
+            &[
+                ("POSTBACK_ATTEMPT_TIMEOUT", "300s"),
+                ("POSTBACK_MEDIA_ROOT", &media_root),
+            ],
         )
         .await?;
     let size = ctx.plan.media_bytes;

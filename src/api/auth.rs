@@ -1,4 +1,7 @@
-//! Bearer-token authentication for `/v1/*`, compared in constant time.
+//! Bearer-token authentication for `/v1/*`, compared in constant time,
+//! before routing (an unknown `/v1` path without a token is 401). The
+//! configured token may be a comma list (rotation): every listed token
+//! works.
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -10,7 +13,22 @@ use subtle::ConstantTimeEq;
 use super::{ApiError, AppState};
 use crate::error::ErrorCode;
 
-/// Refuses requests without the configured bearer token.
+/// Refuses `/v1` requests (any path under it, routed or not) without one
+/// of the configured bearer tokens; other paths pass.
+pub async fn require_token_for_v1(
+    state: State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        require_token(state, request, next).await
+    } else {
+        next.run(request).await
+    }
+}
+
+/// Refuses requests without one of the configured bearer tokens.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
@@ -45,10 +63,28 @@ pub async fn require_token(
     response
 }
 
-/// Compares digests so neither the content nor the length of the token
-/// leaks through timing.
+/// Compares digests so neither the content nor the length of a token
+/// leaks through timing; every token of the comma list is compared (no
+/// early exit), empty entries ignored.
 fn token_matches(given: &str, expected: &str) -> bool {
     let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
+    let mut matched = subtle::Choice::from(0);
+    for token in expected.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        matched |= a.ct_eq(&Sha256::digest(token.as_bytes()));
+    }
+    matched.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn every_token_of_the_list_works_and_empty_entries_match_nothing() {
+        assert!(token_matches("old", "new, old,"));
+        assert!(token_matches("new", "new, old,"));
+        assert!(!token_matches("", "new,,old"));
+        assert!(!token_matches("new,old", "new,old"));
+        assert!(!token_matches("other", "new"));
+    }
 }

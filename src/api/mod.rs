@@ -18,6 +18,7 @@ mod error;
 mod jobs;
 mod openapi;
 mod ops;
+mod server;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use utoipa::openapi::path::HttpMethod;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::{openapi_json, ApiDoc};
+pub use server::{serve, ARRIVAL_DEADLINE, HEADER_TIMEOUT, MAX_CONNECTIONS};
 
 use crate::intake::Postback;
 use crate::queue::Waker;
@@ -153,21 +155,63 @@ impl AppState {
     }
 }
 
-/// The whole API.
+/// The whole API. Outermost first: every response gets an `x-request-id`
+/// (the caller's, else a fresh UUID) and one access-log line naming it;
+/// every `/v1` request is authenticated before routing, so an unknown
+/// `/v1` path without a token is 401, not 404 (SPEC §2).
 pub fn router(state: AppState) -> Router {
-    let v1 = v1_routes()
-        .router
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     Router::new()
-        .merge(v1)
+        .merge(v1_routes().router)
         .merge(open_routes().router)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token_for_v1,
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::request_id::SetRequestIdLayer::new(
+                    request_id.clone(),
+                    tower_http::request_id::MakeRequestUuid,
+                ))
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_http()
+                        .make_span_with(access_span)
+                        .on_request(())
+                        .on_response(
+                            tower_http::trace::DefaultOnResponse::new()
+                                .level(tracing::Level::INFO)
+                                .latency_unit(tower_http::LatencyUnit::Millis),
+                        )
+                        .on_failure(()),
+                )
+                .layer(tower_http::request_id::PropagateRequestIdLayer::new(
+                    request_id,
+                )),
+        )
         .with_state(state)
+}
+
+/// The request-id header of every response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The span of one request; its access-log line (tower-http's "finished
+/// processing request", with status and latency) carries these fields.
+fn access_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
 }
 
 /// A router serving only `/metrics` (POSTBACK_METRICS_LISTEN).

@@ -23,12 +23,18 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Schema holding Postback's tables.
-    #[arg(long, env = "POSTBACK_DB_SCHEMA", default_value = crate::config::defaults::DB_SCHEMA)]
-    db_schema: String,
+    #[arg(long, env = "POSTBACK_DB_SCHEMA", default_value = crate::config::defaults::DB_SCHEMA, value_parser = crate::config::parse_schema)]
+    db_schema: Schema,
+    /// Where `serve`'s private PostgreSQL cluster keeps its data (used when DATABASE_URL is unset).
+    #[arg(long, env = "POSTBACK_DATA_DIR", default_value = crate::config::defaults::DATA_DIR)]
+    data_dir: std::path::PathBuf,
     /// Keys that seal stored secrets (the same list `serve` uses).
     #[arg(long, env = "POSTBACK_SECRETS_KEY", hide_env_values = true)]
     secrets_key: Option<String>,
 }
+
+/// How long an admin command waits for an unreachable database (SPEC §1).
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 impl DbArgs {
     /// `POSTBACK_SECRETS_KEY` as given.
@@ -36,17 +42,37 @@ impl DbArgs {
         self.secrets_key.as_deref().filter(|k| !k.trim().is_empty())
     }
 
-    /// Connects, or exits 2 when DATABASE_URL is missing.
+    /// Connects to DATABASE_URL, or without it to the private cluster of
+    /// POSTBACK_DATA_DIR when one exists; exits 2 when there is neither,
+    /// and gives up within [`CONNECT_LIMIT`] with the connection error.
     pub async fn connect(&self) -> Result<(PgPool, Schema), Failure> {
-        let url = self.database_url.as_deref().ok_or_else(|| {
-            Failure::usage(anyhow!(
-                "DATABASE_URL is not set: set it to the database `postback serve` uses (serve prints it at start)"
-            ))
-        })?;
-        let schema = Schema::new(self.db_schema.clone());
-        let pool = store::connect(url, &schema, 2)
+        let schema = self.db_schema.clone();
+        let (url, what) = match self.database_url.as_deref() {
+            Some(url) => {
+                crate::config::check_database_url(url)
+                    .map_err(|reason| Failure::usage(anyhow!("DATABASE_URL {reason}")))?;
+                (url.to_owned(), "DATABASE_URL".to_owned())
+            }
+            None => match crate::pgcluster::existing_url(&self.data_dir) {
+                Some(url) => (
+                    url,
+                    format!(
+                        "the private PostgreSQL cluster under {} (POSTBACK_DATA_DIR; is `postback serve` running?)",
+                        self.data_dir.display()
+                    ),
+                ),
+                None => {
+                    return Err(Failure::usage(anyhow!(
+                        "DATABASE_URL is not set and there is no private cluster under {} (POSTBACK_DATA_DIR): \
+                         set DATABASE_URL to the database `postback serve` uses (serve prints it at start)",
+                        self.data_dir.display()
+                    )))
+                }
+            },
+        };
+        let pool = store::connect_within(&url, &schema, 2, CONNECT_LIMIT)
             .await
-            .context("cannot connect to DATABASE_URL")?;
+            .with_context(|| format!("cannot connect to {what}"))?;
         Ok((pool, schema))
     }
 }
@@ -186,6 +212,23 @@ fn filter(
     }
 }
 
+/// When the `i`-th replayed delivery is due at `rate` per second from
+/// `start`; `None` when that is too far to compute with.
+fn due_time(
+    start: time::OffsetDateTime,
+    rate: Option<f64>,
+    i: usize,
+) -> Option<time::OffsetDateTime> {
+    let Some(rate) = rate else {
+        return Some(start);
+    };
+    let offset = Duration::try_from_secs_f64(i as f64 / rate).ok()?;
+    if offset > crate::config::MAX_DURATION {
+        return None;
+    }
+    start.checked_add(time::Duration::try_from(offset).ok()?)
+}
+
 /// `N/s` or `N` (deliveries per second), N > 0.
 fn parse_rate(raw: &str) -> Result<f64, Failure> {
     let number = raw.trim().trim_end_matches("/s");
@@ -321,13 +364,26 @@ pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
         .fetch_one(&pool)
         .await
         .map_err(|e| Failure::runtime(crate::error::Error::from(e)))?;
+    // --rate spreads the due times, so the workers (not this command) pace
+    // the recovering receiver, and the command returns at once. Every due
+    // time is computed before anything is replayed: a rate too slow to
+    // schedule changes nothing.
+    let dues = ids
+        .iter()
+        .enumerate()
+        .map(|(i, _)| due_time(start, rate, i))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            Failure::usage(anyhow!(
+                "--rate {}: spreading {} deliveries at that rate takes longer than 100 years; use a higher rate such as 1/s",
+                args.rate.as_deref().unwrap_or_default(),
+                ids.len()
+            ))
+        })?;
     let mut replayed = 0usize;
     let mut problems = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        // --rate spreads the due times, so the workers (not this command)
-        // pace the recovering receiver, and the command returns at once.
-        let due = rate.map(|r| start + Duration::from_secs_f64(i as f64 / r));
-        let outcome = store::deliveries::replay(&pool, &schema, *id, due)
+    for (id, due) in ids.iter().zip(dues) {
+        let outcome = store::deliveries::replay(&pool, &schema, *id, Some(due))
             .await
             .map_err(Failure::runtime)?;
         match outcome {

@@ -10,10 +10,11 @@ use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT,
 };
 use time::OffsetDateTime;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::Outcome;
 use crate::egress::{is_blocked, Egress, PreflightError};
+use crate::media::{MediaFile, MediaRoots};
 use crate::model::{CallbackAuth, Method};
 use crate::queue::Claimed;
 use crate::sealing::Keyring;
@@ -61,6 +62,7 @@ pub struct Sender {
     keys: Arc<Keyring>,
     timeout: Duration,
     user_agent: HeaderValue,
+    media: MediaRoots,
 }
 
 impl Sender {
@@ -79,6 +81,7 @@ impl Sender {
             keys,
             timeout,
             user_agent: HeaderValue::from_static(concat!("postback/", env!("CARGO_PKG_VERSION"))),
+            media: MediaRoots::default(),
         }
     }
 
@@ -93,6 +96,13 @@ impl Sender {
     /// The attempt timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Media files are read only from under `roots` (checked again at
+    /// every attempt: the file may have been swapped since intake).
+    pub fn with_media_roots(mut self, roots: MediaRoots) -> Self {
+        self.media = roots;
+        self
     }
 
     /// Makes one attempt of `d`.
@@ -156,7 +166,10 @@ impl Sender {
     ) -> Result<reqwest::Response, Failure> {
         let url =
             reqwest::Url::parse(&d.url).map_err(|e| Failure::other(format!("bad url: {e}")))?;
-        self.egress.preflight(&url).await.map_err(|e| match e {
+        // With a proxy, `target` may name the checked address instead of
+        // the host (the proxy must not resolve it again), keeping the name
+        // in `Host`.
+        let target = self.egress.preflight(&url).await.map_err(|e| match e {
             PreflightError::Blocked(b) => Failure::new(Outcome::BlockedDestination, b.to_string()),
             unresolvable => Failure::new(Outcome::ConnectError, unresolvable.to_string()),
         })?;
@@ -168,6 +181,11 @@ impl Sender {
             .await
             .map_err(|e| Failure::other(e.to_string()))?;
         let mut headers = self.headers(d, &msg_id, timestamp)?;
+        if let Some(host) = &target.host {
+            let host = HeaderValue::from_str(host)
+                .map_err(|_| Failure::other("the host is not a header value".into()))?;
+            headers.insert(reqwest::header::HOST, host);
+        }
         let method = match d.method {
             Method::Put => reqwest::Method::PUT,
             Method::Post => reqwest::Method::POST,
@@ -175,7 +193,7 @@ impl Sender {
         let request = self
             .egress
             .client()
-            .request(method, url)
+            .request(method, target.url)
             .timeout(self.timeout);
         let request = match (&d.body, &d.file_path) {
             (Some(body), _) => {
@@ -184,16 +202,18 @@ impl Sender {
                 request.headers(headers).body(body.0.clone())
             }
             (None, Some(path)) => {
-                let (signature, len) = sign_file(&secrets, &msg_id, timestamp, path).await?;
+                // One descriptor per attempt: opened (and checked against
+                // the media roots) once, signed from, then sent from.
+                let media = self
+                    .media
+                    .open(path)
+                    .map_err(|e| Failure::other(format!("media file refused: {e}")))?;
+                let (signature, file) = sign_file(&secrets, &msg_id, timestamp, media).await?;
                 insert(&mut headers, "webhook-signature", &signature)?;
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_CHUNK);
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(file.len));
                 request
                     .headers(headers)
-                    .body(reqwest::Body::wrap_stream(stream))
+                    .body(reqwest::Body::wrap_stream(upload(file)))
             }
             (None, None) => {
                 let signature = signing::sign_all(&secrets, &msg_id, timestamp, b"");
@@ -350,36 +370,171 @@ pub fn snippet_text(bytes: &[u8]) -> String {
     text
 }
 
-/// Signs a file's bytes without holding them: one streaming pass.
+/// Signs an opened media file's bytes without holding them: one streaming
+/// pass from its start, then the same descriptor is handed back rewound.
+/// A file whose size is no longer what `fstat` saw is a failed attempt.
 async fn sign_file(
     secrets: &[SigningSecret],
     msg_id: &str,
     timestamp: i64,
-    path: &str,
-) -> Result<(String, u64), Failure> {
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
+    media: MediaFile,
+) -> Result<(String, OpenMedia), Failure> {
+    let unreadable = |e: std::io::Error| Failure::other(format!("media file unreadable: {e}"));
+    let len = media.len;
+    let mut file = tokio::fs::File::from_std(media.file);
     let mut signer = MultiSigner::new(secrets, msg_id, timestamp);
     let mut buf = vec![0u8; FILE_CHUNK];
-    let mut len = 0u64;
+    let mut read = 0u64;
     loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| Failure::other(format!("media file unreadable: {e}")))?;
+        let n = file.read(&mut buf).await.map_err(unreadable)?;
         if n == 0 {
             break;
         }
-        len += n as u64;
+        read += n as u64;
+        if read > len {
+            return Err(changed());
+        }
         signer.update(&buf[..n]);
     }
-    Ok((signer.finish(), len))
+    if read != len {
+        return Err(changed());
+    }
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(unreadable)?;
+    Ok((signer.finish(), OpenMedia { file, len }))
+}
+
+fn changed() -> Failure {
+    Failure::other("the media file changed size while it was signed; not sent".to_owned())
+}
+
+/// The signed media file, rewound, with the length that was signed.
+struct OpenMedia {
+    file: tokio::fs::File,
+    len: u64,
+}
+
+/// The body of a media attempt: exactly `len` bytes from the descriptor
+/// that was signed. The file ending early, or having grown by the end, is
+/// an error of the body (so the attempt fails) rather than a body that
+/// does not match its signature or Content-Length.
+fn upload(
+    media: OpenMedia,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    let changed = || std::io::Error::other("the media file changed size while it was sent");
+    futures_util::stream::try_unfold((media, 0u64), move |(mut media, sent)| async move {
+        if sent == media.len {
+            let now = media.file.metadata().await?.len();
+            return if now == media.len {
+                Ok(None)
+            } else {
+                Err(changed())
+            };
+        }
+        let want = usize::try_from(media.len - sent)
+            .unwrap_or(FILE_CHUNK)
+            .min(FILE_CHUNK);
+        let mut buf = vec![0u8; want];
+        let n = media.file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(changed());
+        }
+        buf.truncate(n);
+        Ok(Some((bytes::Bytes::from(buf), (media, sent + n as u64))))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn drain(
+        stream: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>>,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut stream = std::pin::pin!(stream);
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// SPEC §3: one descriptor per attempt, signed and sent from it; a file
+    /// that changes size between the two is a failed attempt, never a body
+    /// that does not match its signature.
+    #[tokio::test]
+    async fn a_media_file_is_signed_and_sent_from_one_descriptor() {
+        let dir = std::env::temp_dir().join(format!("postback-upload-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("a.bin");
+        let body = vec![7u8; 3 * FILE_CHUNK + 5];
+        std::fs::write(&path, &body).expect("write");
+        let roots = MediaRoots::new([dir.clone()]);
+        let secret = SigningSecret::generate();
+        let open = || roots.open(&path.to_string_lossy()).expect("opens");
+
+        // Unchanged: the bytes sent are the bytes signed.
+        let (signature, file) = sign_file(std::slice::from_ref(&secret), "msg", 1, open())
+            .await
+            .expect("signs");
+        assert_eq!(signature, signing::sign(&secret, "msg", 1, &body));
+        assert_eq!(file.len, body.len() as u64);
+        assert_eq!(drain(upload(file)).await.expect("sent"), body);
+
+        // Replaced by another file after the open: the open descriptor still
+        // reads the file that was signed.
+        let (signature, file) = sign_file(std::slice::from_ref(&secret), "msg", 1, open())
+            .await
+            .expect("signs");
+        std::fs::remove_file(&path).expect("unlink");
+        std::fs::write(&path, b"other").expect("replace");
+        assert_eq!(signature, signing::sign(&secret, "msg", 1, &body));
+        assert_eq!(drain(upload(file)).await.expect("sent"), body);
+
+        // Grows after signing: the body errors instead of completing.
+        std::fs::write(&path, &body).expect("write");
+        let (_, file) = sign_file(std::slice::from_ref(&secret), "msg", 1, open())
+            .await
+            .expect("signs");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        std::io::Write::write_all(&mut f, b"more").expect("append");
+        assert!(
+            drain(upload(file)).await.is_err(),
+            "a grown file is not sent as signed"
+        );
+
+        // Shrinks after signing: the body errors too.
+        std::fs::write(&path, &body).expect("write");
+        let (_, file) = sign_file(std::slice::from_ref(&secret), "msg", 1, open())
+            .await
+            .expect("signs");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(10))
+            .expect("truncate");
+        assert!(
+            drain(upload(file)).await.is_err(),
+            "a shrunk file is not sent"
+        );
+
+        // Changed between fstat and the signing pass: refused before sending.
+        std::fs::write(&path, &body).expect("write");
+        let media = open();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(10))
+            .expect("truncate");
+        assert!(sign_file(std::slice::from_ref(&secret), "msg", 1, media)
+            .await
+            .is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {

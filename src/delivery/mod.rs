@@ -246,7 +246,7 @@ impl Dispatcher {
         let lease = config.attempt_timeout * 2 + Duration::from_secs(30);
         let clock = DbClock::default();
         let (handoff, handed_off) = handoff::channel(capacity.clone(), lease, clock.clone());
-        let schema = Schema::new(config.db_schema.clone());
+        let schema = config.db_schema.clone();
         let keys = Arc::new(config.keyring()?);
         let secrets = Arc::new(Secrets::new(
             pool.clone(),
@@ -268,16 +268,20 @@ impl Dispatcher {
             pool: pool.clone(),
             secrets: secrets.clone(),
             breakers,
-            schema: Schema::new(config.db_schema.clone()),
+            schema: config.db_schema.clone(),
             engine: Engine {
-                sender: Arc::new(Sender::new(egress, secrets, keys, config.attempt_timeout)),
+                sender: Arc::new(
+                    Sender::new(egress, secrets, keys, config.attempt_timeout).with_media_roots(
+                        crate::media::MediaRoots::new(config.media_root.iter().cloned()),
+                    ),
+                ),
                 retry: config.retry_policy(),
                 capacity,
                 clock,
                 done,
                 lease,
                 pool,
-                schema: Schema::new(config.db_schema.clone()),
+                schema: config.db_schema.clone(),
             },
             done_rx,
             lease,

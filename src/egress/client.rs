@@ -13,10 +13,18 @@
 //! [`reqwest::Client`] it gets here. It must not apply the policy to the
 //! proxy itself: the proxy is operator configuration and is trusted.
 //!
-//! With a proxy, the check is resolve-then-forward, so a name whose DNS
-//! answer changes between our lookup and the proxy's (DNS rebinding) can
-//! still reach an internal address; a proxy that filters destinations itself
-//! (e.g. Smokescreen) closes that gap.
+//! With a proxy, the proxy must not resolve the name again (DNS rebinding:
+//! its answer could differ from the one that was checked). For an `http`
+//! destination the preflight therefore returns a [`Target`] whose URL has
+//! the checked address in place of the name, with the name kept in the
+//! `Host` header: the proxy is sent an absolute-form request to that IP
+//! literal and connects only there. (A proxy that follows RFC 9112 §3.2.2
+//! rewrites `Host` from the request target, so the receiver then sees the
+//! address as `Host`.) For an `https` destination the client still sends
+//! `CONNECT name:port` and the proxy resolves the name itself: closing that
+//! gap needs a tunnel to the checked address with the name kept for SNI and
+//! certificate checks, which reqwest cannot do; a proxy that filters
+//! destinations itself (e.g. Smokescreen) closes it meanwhile.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -150,6 +158,26 @@ fn redact(url: &Url) -> String {
     shown.to_string()
 }
 
+/// Where one attempt is sent, as [`Egress::preflight`] decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL to request: the destination's own, or (proxy, `http`) the
+    /// same URL with the checked address in place of the name.
+    pub url: Url,
+    /// The `Host` header to send when the URL's name was replaced: the
+    /// destination's own authority (`name` or `name:port`).
+    pub host: Option<String>,
+}
+
+impl Target {
+    fn unchanged(url: &Url) -> Self {
+        Target {
+            url: url.clone(),
+            host: None,
+        }
+    }
+}
+
 /// Everything outbound: settings, the pooled client and the resolver used
 /// for preflight checks. Build one per process and share it.
 #[derive(Debug, Clone)]
@@ -220,15 +248,27 @@ impl Egress {
     /// destination name resolves to (any refused address refuses the name).
     /// Without a proxy a name passes here: the resolver checks it when the
     /// connection is made.
-    pub async fn preflight(&self, url: &Url) -> Result<(), PreflightError> {
+    ///
+    /// With a proxy and an `http` destination, the [`Target`] names the
+    /// first checked address instead of the name, so the proxy connects
+    /// to what was checked and never resolves the name again.
+    pub async fn preflight(&self, url: &Url) -> Result<Target, PreflightError> {
         let host = match url.host() {
-            Some(Host::Ipv4(v4)) => return self.check_literal(IpAddr::V4(v4), url),
-            Some(Host::Ipv6(v6)) => return self.check_literal(IpAddr::V6(v6), url),
+            Some(Host::Ipv4(v4)) => {
+                return self
+                    .check_literal(IpAddr::V4(v4), url)
+                    .map(|()| Target::unchanged(url))
+            }
+            Some(Host::Ipv6(v6)) => {
+                return self
+                    .check_literal(IpAddr::V6(v6), url)
+                    .map(|()| Target::unchanged(url))
+            }
             Some(Host::Domain(name)) if !name.is_empty() => name,
             _ => return Err(BlockedDestination::policy(url.as_str()).into()),
         };
         if self.settings.proxy.is_none() {
-            return Ok(());
+            return Ok(Target::unchanged(url));
         }
         let all =
             self.resolver
@@ -241,7 +281,23 @@ impl Egress {
         if all.is_empty() || all.iter().any(|ip| !self.settings.policy.permits(*ip)) {
             return Err(BlockedDestination::policy(host).into());
         }
-        Ok(())
+        match (url.scheme(), all.first()) {
+            ("http", Some(ip)) => {
+                let authority = match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                let mut pinned = url.clone();
+                pinned
+                    .set_ip_host(*ip)
+                    .map_err(|()| BlockedDestination::policy(host))?;
+                Ok(Target {
+                    url: pinned,
+                    host: Some(authority),
+                })
+            }
+            _ => Ok(Target::unchanged(url)),
+        }
     }
 
     fn check_literal(&self, ip: IpAddr, url: &Url) -> Result<(), PreflightError> {
@@ -632,6 +688,202 @@ mod tests {
             let reqs = rx.requests();
             assert_eq!(reqs.len(), 1);
             assert_eq!(reqs[0].1, "POST /via-proxy HTTP/1.1");
+        })
+        .await
+    }
+
+    /// A real forward proxy (Debian's `tinyproxy`, installed by `.ci/run`)
+    /// on 127.0.0.1, with a config file written here; stopped on drop.
+    struct Tinyproxy {
+        child: std::process::Child,
+        url: Url,
+        dir: std::path::PathBuf,
+    }
+
+    impl Tinyproxy {
+        fn binary() -> Option<std::path::PathBuf> {
+            ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+                .iter()
+                .map(std::path::PathBuf::from)
+                .find(|p| p.exists())
+        }
+
+        async fn start() -> Tinyproxy {
+            let bin = Self::binary().expect("tinyproxy is installed (.ci/run installs it)");
+            let dir = std::env::temp_dir().join(format!("pb-tinyproxy-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let conf = dir.join("tinyproxy.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 10\nAllow 127.0.0.1\nMaxClients 16\n\
+                     LogLevel Info\nLogFile \"{}\"\nDisableViaHeader Yes\n",
+                    dir.join("tinyproxy.log").display()
+                ),
+            )
+            .expect("config");
+            if nix::unistd::geteuid().is_root() {
+                // tinyproxy drops to the configured user; let it write its log.
+                let _ = std::process::Command::new("chmod")
+                    .args(["-R", "a+rwx"])
+                    .arg(&dir)
+                    .status();
+            }
+            let child = std::process::Command::new(bin)
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start tinyproxy");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "tinyproxy did not listen"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Tinyproxy {
+                child,
+                url: Url::parse(&format!("http://127.0.0.1:{port}")).expect("url"),
+                dir,
+            }
+        }
+    }
+
+    impl Drop for Tinyproxy {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// DNS rebinding through the proxy: the name is checked with our
+    /// resolver (a permitted address) while the proxy's own lookup of the
+    /// same name answers an internal one. The request must reach the
+    /// address that was checked, never the one the proxy would resolve.
+    #[tokio::test]
+    async fn through_a_real_proxy_an_http_delivery_goes_to_the_checked_address() {
+        bounded(async {
+            // "public": 127.0.0.2:P, what our resolver answers (permitted).
+            // "internal": 127.0.0.1:P, what the proxy's resolver answers
+            // for `localhost` (/etc/hosts), refused by the policy.
+            let (public, internal) = loop {
+                let public = TcpListener::bind("127.0.0.2:0").await.expect("bind");
+                let port = public.local_addr().expect("addr").port();
+                if let Ok(internal) = TcpListener::bind(("127.0.0.1", port)).await {
+                    break (public, internal);
+                }
+            };
+            let port = public.local_addr().expect("addr").port();
+            let serve = |listener: TcpListener| {
+                let seen = Arc::new(Mutex::new(Vec::<Head>::new()));
+                let record = seen.clone();
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let record = record.clone();
+                        tokio::spawn(async move {
+                            let mut stream = BufReader::new(stream);
+                            if let Some((head, _)) = read_request(&mut stream).await {
+                                record.lock().expect("lock").push(head);
+                                let _ = stream
+                                    .get_mut()
+                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                                    .await;
+                            }
+                        });
+                    }
+                });
+                seen
+            };
+            let public_seen = serve(public);
+            let internal_seen = serve(internal);
+            let proxy = Tinyproxy::start().await;
+            let policy = Arc::new(EgressPolicy::new(
+                vec!["127.0.0.2/32".parse().expect("net")],
+                vec![],
+            ));
+            let resolver = offline((*policy).clone(), None)
+                .with_override("localhost", vec![IpAddr::from([127, 0, 0, 2])]);
+            let eg = Egress::with_resolver(
+                EgressSettings {
+                    proxy: Some(proxy.url.clone()),
+                    policy,
+                    ..Default::default()
+                },
+                Duration::from_secs(5),
+                resolver,
+            )
+            .expect("client");
+            let url = Url::parse(&format!("http://localhost:{port}/cb?x=1")).expect("url");
+            let target = eg.preflight(&url).await.expect("checked and permitted");
+            assert_eq!(target.url.as_str(), format!("http://127.0.0.2:{port}/cb?x=1"));
+            assert_eq!(target.host.as_deref(), Some(format!("localhost:{port}").as_str()));
+            // What the delivery worker does with the target.
+            let mut request = eg.client().post(target.url.clone()).body("x");
+            if let Some(host) = &target.host {
+                request = request.header(reqwest::header::HOST, host);
+            }
+            let response = request.send().await.expect("through the proxy");
+            assert_eq!(response.status(), 200);
+            assert!(
+                internal_seen.lock().expect("lock").is_empty(),
+                "the proxy resolved the name again and reached the internal address"
+            );
+            let seen = public_seen.lock().expect("lock");
+            assert_eq!(seen.len(), 1, "the checked address got the delivery");
+            assert!(seen[0].request_line.starts_with("POST /cb?x=1 "), "{}", seen[0].request_line);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn with_a_proxy_the_http_target_is_the_checked_address_and_host_keeps_the_name() {
+        bounded(async {
+            let proxy = ForwardProxy::start().await;
+            let policy = Arc::new(EgressPolicy::new(
+                vec!["127.0.0.0/8".parse().expect("net")],
+                vec![],
+            ));
+            let resolver = offline((*policy).clone(), None)
+                .with_override("callbacks.example", vec![IpAddr::from([127, 0, 0, 9])]);
+            let eg = Egress::with_resolver(
+                EgressSettings {
+                    proxy: Some(proxy.url.clone()),
+                    policy,
+                    ..Default::default()
+                },
+                Duration::from_secs(2),
+                resolver,
+            )
+            .expect("client");
+            let plain = Url::parse("http://callbacks.example/cb").expect("url");
+            let target = eg.preflight(&plain).await.expect("permitted");
+            assert_eq!(target.url.as_str(), "http://127.0.0.9/cb");
+            assert_eq!(target.host.as_deref(), Some("callbacks.example"));
+            // https keeps the name (CONNECT name:port; see the module doc).
+            let tls = Url::parse("https://callbacks.example:8443/cb").expect("url");
+            let target = eg.preflight(&tls).await.expect("permitted");
+            assert_eq!(target.url, tls);
+            assert_eq!(target.host, None);
+            // Without a proxy nothing is rewritten: the guarded resolver
+            // pins the connection itself.
+            let direct = egress(EgressSettings {
+                policy: allow_loopback(),
+                ..Default::default()
+            });
+            let target = direct
+                .preflight(&plain)
+                .await
+                .expect("passes to the resolver");
+            assert_eq!(target.url, plain);
         })
         .await
     }

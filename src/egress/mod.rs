@@ -28,6 +28,7 @@ pub mod url_check;
 
 pub use client::{
     build_client, build_client_with_resolver, Egress, EgressError, EgressSettings, PreflightError,
+    Target,
 };
 pub use policy::{builtin_denies, CidrListError, EgressPolicy};
 pub use resolver::{is_blocked, BlockReason, BlockedDestination, GuardedResolver, ResolveFailure};

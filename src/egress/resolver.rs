@@ -103,6 +103,10 @@ pub struct GuardedResolver {
     inner: TokioAsyncResolver,
     policy: Arc<EgressPolicy>,
     source_addr: Option<IpAddr>,
+    /// Unit tests only: fixed answers for names, in place of DNS (to stage
+    /// a name whose answer differs from the one a proxy would get).
+    #[cfg(test)]
+    overrides: std::collections::HashMap<String, Vec<IpAddr>>,
 }
 
 impl fmt::Debug for GuardedResolver {
@@ -147,7 +151,16 @@ impl GuardedResolver {
             inner: TokioAsyncResolver::tokio(config, opts),
             policy,
             source_addr,
+            #[cfg(test)]
+            overrides: std::collections::HashMap::new(),
         }
+    }
+
+    /// Unit tests only: `host` resolves to `ips`, whatever DNS says.
+    #[cfg(test)]
+    pub(crate) fn with_override(mut self, host: &str, ips: Vec<IpAddr>) -> Self {
+        self.overrides.insert(host.to_owned(), ips);
+        self
     }
 
     /// The policy this resolver enforces.
@@ -157,6 +170,10 @@ impl GuardedResolver {
 
     /// Every address `host` resolves to, unfiltered.
     pub async fn lookup_all(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        #[cfg(test)]
+        if let Some(ips) = self.overrides.get(host) {
+            return Ok(ips.clone());
+        }
         Ok(self.inner.lookup_ip(host).await?.iter().collect())
     }
 

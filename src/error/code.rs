@@ -66,6 +66,9 @@ error_codes! {
     UnknownCustomer = "unknown_customer",
     /// A customer id is not 1–128 of `[A-Za-z0-9._:-]`.
     InvalidCustomerId = "invalid_customer_id",
+    /// A result's stream would be sent by a media callback, but no
+    /// `POSTBACK_MEDIA_ROOT` is configured.
+    MediaDisabled = "media_disabled",
     /// The `jobId` exists with a different body.
     JobExists = "job_exists",
     /// The job already has a result.

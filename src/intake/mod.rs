@@ -28,6 +28,7 @@ pub use reseal::{Resealed, RESEAL_BATCH};
 
 use crate::egress::EgressPolicy;
 use crate::error::{Error, ErrorCode, Result};
+use crate::media::{MediaError, MediaRoots};
 use crate::model::{
     CallbackSpec, CallbackType, JobResult, JobView, MediaStream, NewDelivery, NewJob, ResultStatus,
     StreamName, TranscriptFormat,
@@ -49,6 +50,7 @@ pub struct Postback {
     keys: Arc<Keyring>,
     job_ttl: Duration,
     policy: Arc<EgressPolicy>,
+    media: MediaRoots,
     notify: NotifyMode,
 }
 
@@ -82,17 +84,18 @@ struct StoredCallback {
 
 impl Postback {
     /// The library handle for `config` (schema, job TTL, egress deny list,
-    /// the keys stored secrets are sealed with). Refuses a
+    /// the keys stored secrets are sealed with, the media roots). Refuses a
     /// `POSTBACK_SECRETS_KEY` that is not a list of base64 32-byte keys.
     pub fn new(config: &Config) -> std::result::Result<Self, ConfigError> {
         Ok(Postback {
-            schema: Schema::new(config.db_schema.clone()),
+            schema: config.db_schema.clone(),
             keys: Arc::new(config.keyring()?),
             job_ttl: config.job_ttl,
             policy: Arc::new(EgressPolicy::new(
                 config.egress_allow.clone(),
                 config.egress_deny.clone(),
             )),
+            media: MediaRoots::new(config.media_root.iter().cloned()),
             notify: NotifyMode::InTransaction,
         })
     }
@@ -471,7 +474,7 @@ impl Postback {
             let (content_type, body, file_path) = match cb.spec.kind {
                 // A media body is a file, read when its attempt starts.
                 CallbackType::Media => {
-                    let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+                    let Some(payload) = payload_for(job, &cb.spec, result, i, &self.media)? else {
                         continue;
                     };
                     (payload.content_type, None, payload.file_path)
@@ -479,7 +482,8 @@ impl Postback {
                 CallbackType::Analytics | CallbackType::Transcript => {
                     let key = render_key(&cb.spec, result);
                     if !rendered.contains_key(&key) {
-                        let Some(payload) = payload_for(job, &cb.spec, result, i)? else {
+                        let Some(payload) = payload_for(job, &cb.spec, result, i, &self.media)?
+                        else {
                             continue;
                         };
                         let body = payload.body.map(Arc::new);
@@ -564,6 +568,7 @@ fn payload_for(
     spec: &CallbackSpec,
     result: &JobResult,
     i: usize,
+    media: &MediaRoots,
 ) -> Result<Option<Payload>> {
     let failed = result.status == ResultStatus::Failed;
     Ok(Some(match (spec.kind, failed) {
@@ -603,7 +608,7 @@ fn payload_for(
             Payload {
                 content_type: "application/octet-stream".to_owned(),
                 body: None,
-                file_path: Some(media_path(&result.streams, wanted, i)?),
+                file_path: Some(media_path(media, &result.streams, wanted, i)?),
             }
         }
     }))
@@ -676,7 +681,24 @@ fn count_enqueued(kind: DeliveryKind) {
     metrics::counter!(crate::metrics::DELIVERIES_ENQUEUED, "type" => kind.as_str()).increment(1);
 }
 
-fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> Result<String> {
+/// The path of the stream a media callback sends, once it is known to be a
+/// regular file under `POSTBACK_MEDIA_ROOT`. A missing file and a file
+/// outside the roots get the same answer (no oracle for what exists).
+fn media_path(
+    media: &MediaRoots,
+    streams: &[MediaStream],
+    wanted: StreamName,
+    callback: usize,
+) -> Result<String> {
+    if media.is_empty() {
+        return Err(Error::invalid(
+            ErrorCode::MediaDisabled,
+            "streams",
+            format!(
+                "publish.callbacks[{callback}] is a media callback, but media callbacks are disabled on this server (the operator sets POSTBACK_MEDIA_ROOT to enable them)"
+            ),
+        ));
+    }
     let stream = streams.iter().find(|s| s.stream_name == wanted.as_str());
     let Some(path) = stream.and_then(|s| s.path.clone()) else {
         return Err(Error::invalid(
@@ -688,16 +710,18 @@ fn media_path(streams: &[MediaStream], wanted: StreamName, callback: usize) -> R
             ),
         ));
     };
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Ok(path),
-        _ => Err(Error::invalid(
-            ErrorCode::MissingStream,
-            "streams",
-            format!(
-                "the {} stream's path is not a readable file on the Postback host",
-                wanted.as_str()
-            ),
-        )),
+    match media.resolve(&path) {
+        Ok(_) => Ok(path),
+        Err(MediaError::Disabled | MediaError::NotAllowed | MediaError::Changed) => {
+            Err(Error::invalid(
+                ErrorCode::MissingStream,
+                "streams",
+                format!(
+                    "the {} stream's path is not a readable file under the server's media directories",
+                    wanted.as_str()
+                ),
+            ))
+        }
     }
 }
 

@@ -45,9 +45,18 @@ pub const LIVE_SQL: &str = "(d.state NOT IN ('delivered', 'failed') OR d.expires
 /// Migrations embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// The PostgreSQL schema holding Postback's tables.
+/// The PostgreSQL schema holding Postback's tables: always a plain
+/// lower-case identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes), so it can
+/// never carry SQL into a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema(String);
+
+/// A schema name that is not a plain lower-case identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a plain lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+)]
+pub struct InvalidSchema(pub String);
 
 impl Default for Schema {
     fn default() -> Self {
@@ -56,9 +65,28 @@ impl Default for Schema {
 }
 
 impl Schema {
-    /// A schema name; must be a plain lowercase identifier (checked by config).
-    pub fn new(name: impl Into<String>) -> Self {
-        Schema(name.into())
+    /// A schema name; refused unless it is a plain lower-case identifier
+    /// (`[a-z_][a-z0-9_]*`, at most 63 bytes, PostgreSQL's limit).
+    pub fn new(name: impl Into<String>) -> std::result::Result<Self, InvalidSchema> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Schema(name))
+        } else {
+            Err(InvalidSchema(name))
+        }
+    }
+
+    /// The schema as a quoted SQL identifier (`"name"`).
+    pub fn quoted(&self) -> String {
+        // A valid name holds no `"`; doubling them anyway keeps this
+        // correct on its own.
+        format!("\"{}\"", self.0.replace('"', "\"\""))
     }
 
     /// The schema's name.
@@ -71,7 +99,7 @@ impl Schema {
         if self.0 == "postback" {
             Cow::Borrowed(sql)
         } else {
-            Cow::Owned(sql.replace("postback.", &format!("{}.", self.0)))
+            Cow::Owned(sql.replace("postback.", &format!("{}.", self.quoted())))
         }
     }
 }
@@ -87,7 +115,12 @@ pub async fn connect(url: &str, schema: &Schema, max_connections: u32) -> Result
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(false);
-    let connect = || pool.clone().connect_with(options.clone());
+    let connect = || async {
+        pool.clone()
+            .connect_with(options.clone())
+            .await
+            .map_err(tls_as_tls)
+    };
     let pool = connect
         .retry(
             ExponentialBuilder::default()
@@ -99,6 +132,72 @@ pub async fn connect(url: &str, schema: &Schema, max_connections: u32) -> Result
         .notify(|err, wait| tracing::warn!(%err, ?wait, "database not reachable yet, retrying"))
         .await?;
     Ok(pool)
+}
+
+/// Connects a pool to `url` for a command that must give up quickly (the
+/// admin commands, SPEC §1): retries while the server refuses connections
+/// but never past `limit`, and then fails with the last connection error
+/// itself (not a pool timeout).
+pub async fn connect_within(
+    url: &str,
+    schema: &Schema,
+    max_connections: u32,
+    limit: Duration,
+) -> Result<PgPool> {
+    use sqlx::Connection;
+    let options = PgConnectOptions::from_str(url)?
+        .application_name("postback")
+        .options([("search_path", schema.name())]);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = async {
+            sqlx::PgConnection::connect_with(&options)
+                .await
+                .map_err(tls_as_tls)
+        };
+        match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                break;
+            }
+            Ok(Err(err)) if is_connectivity(&err) && left > RETRY_PAUSE * 2 => {
+                tracing::debug!(%err, "database not reachable yet, retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => {
+                return Err(crate::error::Error::Unavailable(sqlx::Error::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer from the database within {}s", limit.as_secs()),
+                    ),
+                )))
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(limit)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// sqlx reports a failed TLS handshake (a certificate the `sslrootcert`
+/// does not vouch for, say) as an I/O error, which reads like an outage and
+/// would be retried. It is a configuration error: report it as TLS, once.
+fn tls_as_tls(err: sqlx::Error) -> sqlx::Error {
+    let is_tls = matches!(&err, sqlx::Error::Io(io)
+        if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()));
+    match err {
+        sqlx::Error::Io(io) if is_tls => {
+            sqlx::Error::Tls(format!("{io} (check sslmode and sslrootcert of DATABASE_URL)").into())
+        }
+        other => other,
+    }
 }
 
 /// Creates `schema` if needed and applies the embedded migrations inside it,
@@ -115,16 +214,13 @@ where
         .execute(&mut *conn)
         .await?;
     let result = async {
-        sqlx::query(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-            schema.name()
-        ))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()))
+            .execute(&mut *conn)
+            .await?;
         let previous: String = sqlx::query_scalar("SELECT current_setting('search_path')")
             .fetch_one(&mut *conn)
             .await?;
-        sqlx::query(&format!("SET search_path TO \"{}\"", schema.name()))
+        sqlx::query(&format!("SET search_path TO {}", schema.quoted()))
             .execute(&mut *conn)
             .await?;
         let migrated = MIGRATOR.run_direct(&mut *conn).await;
@@ -149,4 +245,34 @@ where
 /// True when the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_is_a_plain_lower_case_identifier_or_refused() {
+        for ok in ["postback", "_x", "a1_b2", &"a".repeat(63)] {
+            assert!(Schema::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "x; select pg_sleep(5)",
+            "Postback",
+            "1abc",
+            "a-b",
+            "a.b",
+            "a\"b",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(Schema::new(bad).is_err(), "{bad:?} was accepted");
+        }
+        let custom = Schema::new("dispatch").expect("valid");
+        assert_eq!(
+            custom.sql("SELECT 1 FROM postback.jobs"),
+            "SELECT 1 FROM \"dispatch\".jobs"
+        );
+    }
 }

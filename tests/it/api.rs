@@ -237,7 +237,7 @@ fn media_file(bytes: &[u8]) -> std::path::PathBuf {
 #[tokio::test]
 async fn finished_result_queues_one_delivery_per_callback_and_polling_follows_them() {
     bounded(async {
-        let app = TestApp::spawn().await;
+        let app = TestApp::spawn_with(|c| c.media_root = vec![std::env::temp_dir()]).await;
         let rx = Receiver::start().await;
         let media = media_file(b"RIFF-fake-audio-bytes");
         let job = json!({
@@ -426,6 +426,9 @@ async fn unknown_and_expired_jobs_answer_404_with_their_codes() {
         let app = TestApp::spawn_with(|c| {
             c.concurrency = 0;
             c.job_ttl = Duration::from_millis(300);
+            // The TTL must exceed the give-up horizon (SPEC §1).
+            c.retry_immediate = 0;
+            c.retry_give_up = Duration::from_millis(100);
         })
         .await;
         let mut checked = false;
@@ -824,6 +827,7 @@ async fn bad_input_is_refused_with_a_4xx_naming_it_and_stores_nothing() {
             c.concurrency = 0;
             c.egress_allow.clear();
             c.max_body = MAX_BODY;
+            c.media_root = vec![std::env::temp_dir()];
         })
         .await;
         // A finished job (no callbacks) for the "second result" case.

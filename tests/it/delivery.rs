@@ -249,7 +249,11 @@ fn check_dfxp(doc: &str) {
 
 #[tokio::test]
 async fn every_callback_type_and_format_arrives_with_its_content_type_and_body() {
-    let app = TestApp::spawn_with(|c| c.signing_secret = Some(SECRET.to_owned())).await;
+    let app = TestApp::spawn_with(|c| {
+        c.signing_secret = Some(SECRET.to_owned());
+        c.media_root = vec![std::env::temp_dir()];
+    })
+    .await;
     let rx = Receiver::start().await;
     let original = media_bytes(300_000, 1);
     let redacted = media_bytes(4_321, 2);

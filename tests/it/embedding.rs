@@ -120,7 +120,7 @@ async fn migrations_go_to_their_own_schema_and_leave_the_callers_search_path_alo
         .connect(&url)
         .await
         .unwrap();
-    let custom = postback::Schema::new("dispatch");
+    let custom = postback::Schema::new("dispatch").expect("a valid schema");
     postback::migrate_in(&pool, &custom).await.unwrap();
     let path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
         .fetch_one(&pool)
@@ -148,7 +148,7 @@ async fn migrations_go_to_their_own_schema_and_leave_the_callers_search_path_alo
     assert_eq!(in_public, 0, "migrations leaked into public");
     // The library works against the custom schema through a caller's pool.
     let mut config = test_config(&url);
-    config.db_schema = "dispatch".into();
+    config.db_schema = postback::Schema::new("dispatch").expect("a valid schema");
     let lib = Postback::new(&config).unwrap();
     let (view, _) = lib
         .create_job(&pool, job("j-custom", "https://example.org/cb".into()))

@@ -14,3 +14,4 @@ mod foundation;
 mod intake;
 mod operations;
 mod reliability;
+mod security;
