@@ -76,6 +76,10 @@ impl JsonObjects for crate::model::RotateSecret {
     const OBJECTS: &'static [&'static str] = &[""];
 }
 
+impl JsonObjects for crate::model::ReplayRequest {
+    const OBJECTS: &'static [&'static str] = &["", "filter"];
+}
+
 impl JsonObjects for NewDelivery {
     const OBJECTS: &'static [&'static str] = &["", "headers"];
 }

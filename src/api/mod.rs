@@ -17,6 +17,7 @@ mod error;
 mod jobs;
 mod openapi;
 mod ops;
+mod replays;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -113,9 +114,12 @@ fn v1_routes() -> RouteTable {
         .add::<jobs::__path_create, _, _>(jobs::create)
         .add::<jobs::__path_get, _, _>(jobs::get)
         .add::<jobs::__path_post_result, _, _>(jobs::post_result)
+        .add::<deliveries::__path_list, _, _>(deliveries::list)
         .add::<deliveries::__path_create, _, _>(deliveries::create)
         .add::<deliveries::__path_get, _, _>(deliveries::get)
         .add::<deliveries::__path_replay, _, _>(deliveries::replay)
+        .add::<replays::__path_replay, _, _>(replays::replay)
+        .add::<replays::__path_stats, _, _>(replays::stats)
         .add::<customers::__path_put, _, _>(customers::put)
         .add::<customers::__path_get, _, _>(customers::get)
         .add::<customers::__path_delete, _, _>(customers::delete)

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, deliveries, jobs, ops, ErrorBody, ErrorDetail};
+use super::{customers, deliveries, jobs, ops, replays, ErrorBody, ErrorDetail};
 use crate::error::ErrorCode;
 use crate::model;
 
@@ -29,9 +29,12 @@ use crate::model;
         jobs::create,
         jobs::get,
         jobs::post_result,
+        deliveries::list,
         deliveries::create,
         deliveries::get,
         deliveries::replay,
+        replays::replay,
+        replays::stats,
         customers::put,
         customers::get,
         customers::delete,
@@ -73,6 +76,12 @@ use crate::model;
         model::DeliveryView,
         model::NewDelivery,
         model::DeliveryAccepted,
+        model::DeliveryFilter,
+        model::DeliverySummary,
+        model::DeliveryList,
+        model::ReplayRequest,
+        model::ReplayReport,
+        model::QueueStats,
         model::EgressView,
         ErrorBody,
         ErrorDetail,

@@ -1,110 +1,11 @@
-//! Operator queries: listing deliveries by filter, choosing what to replay,
-//! and purging what has expired (in small batches, so a purge never holds
-//! long locks on the hot queue).
+//! Operator queries: purging what has expired (in small batches, so a
+//! purge never holds long locks on the hot queue). Listing and replaying by
+//! filter are `store::find`'s.
 
 use sqlx::PgExecutor;
-use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::Schema;
 use crate::error::Result;
-use crate::model::Method;
-use crate::state::{DeliveryKind, DeliveryState};
-
-/// Which deliveries an operator means.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Only deliveries in this state.
-    pub status: Option<DeliveryState>,
-    /// Queued at or after this time.
-    pub since: Option<OffsetDateTime>,
-    /// Destination host (exact, case-insensitive).
-    pub host: Option<String>,
-    /// Owning job.
-    pub job: Option<String>,
-    /// At most this many.
-    pub limit: i64,
-}
-
-/// One line of `deliveries list`.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryLine {
-    /// Delivery id.
-    pub delivery_id: Uuid,
-    /// Owning job.
-    pub job_id: Option<String>,
-    /// What it carries.
-    #[serde(rename = "type")]
-    pub kind: DeliveryKind,
-    /// POST or PUT.
-    pub method: Method,
-    /// Destination.
-    pub url: String,
-    /// Its state.
-    pub status: DeliveryState,
-    /// Attempts so far.
-    pub attempts: i32,
-    /// Last HTTP status.
-    pub last_status_code: Option<i32>,
-    /// Last outcome class.
-    pub last_error: Option<String>,
-    /// When (re)queued.
-    #[serde(with = "time::serde::rfc3339")]
-    pub queued_at: OffsetDateTime,
-    /// Next attempt, when pending.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub next_attempt_time: Option<OffsetDateTime>,
-}
-
-const FILTER_SQL: &str = "FROM postback.deliveries d
-     WHERE d.expires_at > now()
-       AND ($1::text IS NULL OR d.state = $1)
-       AND ($2::timestamptz IS NULL OR d.queued_at >= $2)
-       AND ($3::text IS NULL OR d.host = lower($3))
-       AND ($4::text IS NULL OR d.job_id = $4)";
-
-/// Deliveries matching `filter`, newest first.
-pub async fn list<'e, E: PgExecutor<'e>>(
-    db: E,
-    schema: &Schema,
-    filter: &Filter,
-) -> Result<Vec<DeliveryLine>> {
-    list_ordered(db, schema, filter, "d.queued_at DESC, d.id DESC").await
-}
-
-/// Ids of the deliveries matching `filter`, oldest first (replay order).
-pub async fn select_ids<'e, E: PgExecutor<'e>>(
-    db: E,
-    schema: &Schema,
-    filter: &Filter,
-) -> Result<Vec<Uuid>> {
-    let lines = list_ordered(db, schema, filter, "d.queued_at, d.id").await?;
-    Ok(lines.into_iter().map(|l| l.delivery_id).collect())
-}
-
-/// Deliveries matching `filter` in `order` (a constant ORDER BY list).
-async fn list_ordered<'e, E: PgExecutor<'e>>(
-    db: E,
-    schema: &Schema,
-    filter: &Filter,
-    order: &'static str,
-) -> Result<Vec<DeliveryLine>> {
-    let sql = format!(
-        "SELECT d.id AS delivery_id, d.job_id, d.kind, d.method, d.url, d.state AS status, d.attempts,
-                d.last_status_code, d.last_error, d.queued_at,
-                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_time
-         {FILTER_SQL} ORDER BY {order} LIMIT $5"
-    );
-    Ok(sqlx::query_as(&schema.sql(&sql))
-        .bind(filter.status)
-        .bind(filter.since)
-        .bind(&filter.host)
-        .bind(&filter.job)
-        .bind(filter.limit)
-        .fetch_all(db)
-        .await?)
-}
 
 /// How long the id of a purged job keeps answering `job_expired`.
 pub const TOMBSTONE_DAYS: i32 = 90;

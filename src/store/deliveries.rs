@@ -229,16 +229,20 @@ pub async fn find(
     schema: &Schema,
     id: Uuid,
 ) -> Result<Option<(DeliveryView, OffsetDateTime)>> {
-    let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(
-        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.url, d.method, d.state, d.attempts, d.queued_at,
-                CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+    // Shown as the lists show it (a lease that ran out is due again).
+    let sql = format!(
+        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.url, d.method, {state} AS state, d.attempts,
+                d.queued_at, {next} AS next_attempt_at,
                 d.completed_at, d.expires_at, p.content_type, p.headers
          FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id
          WHERE d.id = $1",
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+        state = super::find::SHOWN_STATE,
+        next = super::find::SHOWN_NEXT_ATTEMPT,
+    );
+    let row: Option<DeliveryRow> = sqlx::query_as(&schema.sql(&sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let attempts = attempts(&mut *conn, schema, id).await?;
     let view = DeliveryView {
@@ -296,14 +300,17 @@ pub async fn replay<'e, E: PgExecutor<'e>>(
 ) -> Result<Replayed> {
     let (state, updated): (Option<DeliveryState>, i64) = sqlx::query_as(&schema.sql(
         "WITH target AS (
-             SELECT id, state FROM postback.deliveries
+             SELECT id, state, next_attempt_at FROM postback.deliveries
              WHERE id = $1 AND expires_at > now() FOR UPDATE),
          upd AS (
              UPDATE postback.deliveries d
              SET state = 'pending', next_attempt_at = $2, lease = NULL,
                  cycle_attempts = 0, cycle_started_at = NULL,
                  queued_at = now(), completed_at = NULL
-             FROM target WHERE d.id = target.id AND target.state <> 'delivering'
+             FROM target WHERE d.id = target.id
+               -- In flight while its lease runs; one that ran out (the
+               -- worker died) is nobody's and is replayed.
+               AND NOT (target.state = 'delivering' AND target.next_attempt_at > now())
              RETURNING d.id)
          SELECT (SELECT state FROM target) AS state, (SELECT count(*) FROM upd) AS updated",
     ))

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod customers;
 pub mod deliveries;
+pub mod find;
 pub mod jobs;
 pub mod settings;
 
