@@ -187,17 +187,17 @@ fn order_by(order: Order) -> &'static str {
     }
 }
 
-/// Up to `limit` deliveries matching `q` after `after`, in `order`.
-pub async fn page<'e, E: PgExecutor<'e>>(
-    db: E,
+/// The statement of [`page`], after `prefix` (empty, or `EXPLAIN …`).
+fn page_query<'a>(
+    prefix: &str,
     schema: &Schema,
     q: &Query,
     after: Option<Key>,
     order: Order,
     limit: i64,
-) -> Result<Vec<SummaryRow>> {
+) -> QueryBuilder<'a, Postgres> {
     let mut b = QueryBuilder::new(format!(
-        "SELECT d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host,
+        "{prefix}SELECT d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host,
                 {SHOWN_STATE} AS state, d.attempts, d.last_status_code, d.last_error,
                 d.created_at, d.queued_at, {SHOWN_NEXT_ATTEMPT} AS next_attempt_at, d.completed_at,
                 p.content_type, p.headers
@@ -211,7 +211,40 @@ pub async fn page<'e, E: PgExecutor<'e>>(
     b.push(" LIMIT ").push_bind(limit);
     b.push(schema.sql(") d JOIN postback.payloads p ON p.delivery_id = d.id"));
     b.push(order_by(order));
+    b
+}
+
+/// Up to `limit` deliveries matching `q` after `after`, in `order`.
+pub async fn page<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    q: &Query,
+    after: Option<Key>,
+    order: Order,
+    limit: i64,
+) -> Result<Vec<SummaryRow>> {
+    let mut b = page_query("", schema, q, after, order, limit);
     Ok(b.build_query_as().fetch_all(db).await?)
+}
+
+/// The plan PostgreSQL runs for the first page of `q` (`EXPLAIN (ANALYZE,
+/// COSTS OFF)` lines), as docs/operations.md shows it: for the runbook and
+/// for the test that keeps the listing an index scan.
+pub async fn explain_page<'e, E: PgExecutor<'e>>(
+    db: E,
+    schema: &Schema,
+    q: &Query,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let mut b = page_query(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ",
+        schema,
+        q,
+        None,
+        Order::NewestFirst,
+        limit,
+    );
+    Ok(b.build_query_scalar().fetch_all(db).await?)
 }
 
 /// Keys of up to `limit` deliveries matching `q` after `after`, in `order`

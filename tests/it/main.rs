@@ -9,6 +9,7 @@ mod customers;
 mod delivery;
 mod egress;
 mod embedding;
+mod finding;
 mod foundation;
 mod intake;
 mod operations;
