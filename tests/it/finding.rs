@@ -668,3 +668,47 @@ async fn listing_the_newest_failed_deliveries_among_200k_is_an_index_scan() {
     }
     app.stop().await;
 }
+
+/// BENCHMARKS.md "Bulk replay": `postback replay --status failed --yes` of
+/// 100,000 failed deliveries, timed end to end (the process included).
+/// Ignored by default (it fills 100k rows); run it with
+/// `cargo test --release --test it replay_of_100k -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn replay_of_100k_failed_deliveries_takes_seconds() {
+    let app = api_only().await;
+    for host in ["a.example", "b.example", "c.example", "d.example"] {
+        fill(
+            &app.pool,
+            25_000,
+            host,
+            None,
+            "failed",
+            Duration::from_secs(3600),
+        )
+        .await;
+    }
+    sqlx::query("ANALYZE postback.deliveries")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (code, out, err) = run(postback(&app.database_url)
+        .args(["replay", "--status", "failed", "--yes", "--rate", "5000/s"]));
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 100000 deliveries"), "{out}");
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM postback.deliveries WHERE state = 'pending'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 100_000);
+    println!(
+        "replay of 100000 failed deliveries: {:.2} s ({:.0} deliveries/s)",
+        took.as_secs_f64(),
+        100_000.0 / took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    app.stop().await;
+}
