@@ -11,6 +11,7 @@
 
 mod auth;
 mod body;
+mod console;
 mod customers;
 mod deliveries;
 mod error;
@@ -127,13 +128,16 @@ fn v1_routes() -> RouteTable {
         .add::<ops::__path_egress, _, _>(ops::egress)
 }
 
-/// Health, metrics and the API description, open to everyone.
+/// Health, metrics, the API description and the console page, open to
+/// everyone (the console's own calls carry the token).
 fn open_routes() -> RouteTable {
     RouteTable::new()
         .add::<ops::__path_healthz, _, _>(ops::healthz)
         .add::<ops::__path_readyz, _, _>(ops::readyz)
         .add::<ops::__path_metrics, _, _>(ops::metrics)
         .add::<openapi::__path_document, _, _>(openapi::document)
+        .add::<console::__path_page, _, _>(console::page)
+        .add::<console::__path_asset, _, _>(console::asset)
 }
 
 /// Every route the API serves, as (method, path) with OpenAPI path syntax.

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, deliveries, jobs, ops, replays, ErrorBody, ErrorDetail};
+use super::{console, customers, deliveries, jobs, ops, replays, ErrorBody, ErrorDetail};
 use crate::error::ErrorCode;
 use crate::model;
 
@@ -44,6 +44,8 @@ use crate::model;
         ops::readyz,
         ops::metrics,
         document,
+        console::page,
+        console::asset,
     ),
     components(schemas(
         model::Method,
@@ -92,7 +94,8 @@ use crate::model;
     tags(
         (name = "jobs", description = "The ASR flow: register a job, post its result, poll it."),
         (name = "deliveries", description = "Any callback outside the job flow, and replay."),
-        (name = "operations", description = "Egress addresses, health, metrics, this document."),
+        (name = "operations", description = "Egress addresses, health, metrics, queue stats, this document."),
+        (name = "console", description = "The operator console: a web page served by the binary."),
     )
 )]
 pub struct ApiDoc;
