@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api;
+mod console;
 mod customers;
 mod delivery;
 mod egress;

@@ -16,7 +16,7 @@ function h(tag, attrs, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -116,8 +116,9 @@ function renderLogin(message) {
     try {
       await api("GET", "/v1/stats");
       document.getElementById("nav").hidden = false;
-      if (!location.hash || location.hash === "#/login") location.hash = "#/";
-      route();
+      // A hash change routes by itself; routing twice would render twice.
+      if (location.hash === "#/login") location.hash = "#/";
+      else route();
     } catch (err) {
       sessionStorage.removeItem(TOKEN_KEY);
       const text = err.status === 401
@@ -238,7 +239,8 @@ async function renderDeliveries() {
     const more = list.nextCursor
       ? h("div", { class: "actions" }, h("a", { href: "#/deliveries?" + withCursor(params, list.nextCursor), id: "next-page" }, "Next page →"))
       : null;
-    results.replaceChildren(h("p", { class: "muted" }, list.deliveries.length + " shown, newest first."), deliveriesTable(list.deliveries), more);
+    // replaceChildren would print a null as the text "null".
+    results.replaceChildren(...[h("p", { class: "muted" }, list.deliveries.length + " shown, newest first."), deliveriesTable(list.deliveries), more].filter(Boolean));
     if (filter.status) replayBox.replaceChildren(bulkReplay(filter));
   } catch (err) {
     showError(results, err);
