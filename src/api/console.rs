@@ -9,12 +9,8 @@
 //! nothing it serves may load anything from outside this server (the
 //! Content-Security-Policy says so to the browser too).
 
-use axum::extract::Path;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-
-use super::ApiError;
-use crate::error::ErrorCode;
 
 const INDEX: &str = include_str!("console/index.html");
 const CSS: &str = include_str!("console/console.css");
@@ -59,28 +55,28 @@ pub async fn page() -> Response {
     file("text/html; charset=utf-8", INDEX)
 }
 
-/// A file of the console page (`console.css`, `console.js`).
+/// The console's stylesheet.
 #[utoipa::path(
     get,
-    path = "/console/assets/{name}",
-    operation_id = "consoleAsset",
+    path = "/console/assets/console.css",
+    operation_id = "consoleCss",
     tag = "console",
     security(()),
-    params(("name" = String, Path, description = "`console.css` or `console.js`.")),
-    responses(
-        (status = 200, description = "The file."),
-        (status = 404, description = "No such file (`not_found`).", body = super::ErrorBody),
-    )
+    responses((status = 200, description = "The stylesheet.", content_type = "text/css"))
 )]
-pub async fn asset(Path(name): Path<String>) -> Response {
-    match name.as_str() {
-        "console.css" => file("text/css; charset=utf-8", CSS),
-        "console.js" => file("text/javascript; charset=utf-8", JS),
-        _ => ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "the console has console.css and console.js only",
-        )
-        .into_response(),
-    }
+pub async fn css() -> Response {
+    file("text/css; charset=utf-8", CSS)
+}
+
+/// The console's script.
+#[utoipa::path(
+    get,
+    path = "/console/assets/console.js",
+    operation_id = "consoleJs",
+    tag = "console",
+    security(()),
+    responses((status = 200, description = "The script.", content_type = "text/javascript"))
+)]
+pub async fn js() -> Response {
+    file("text/javascript; charset=utf-8", JS)
 }

@@ -137,7 +137,8 @@ fn open_routes() -> RouteTable {
         .add::<ops::__path_metrics, _, _>(ops::metrics)
         .add::<openapi::__path_document, _, _>(openapi::document)
         .add::<console::__path_page, _, _>(console::page)
-        .add::<console::__path_asset, _, _>(console::asset)
+        .add::<console::__path_css, _, _>(console::css)
+        .add::<console::__path_js, _, _>(console::js)
 }
 
 /// Every route the API serves, as (method, path) with OpenAPI path syntax.

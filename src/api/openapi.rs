@@ -45,7 +45,8 @@ use crate::model;
         ops::metrics,
         document,
         console::page,
-        console::asset,
+        console::css,
+        console::js,
     ),
     components(schemas(
         model::Method,
