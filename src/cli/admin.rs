@@ -74,9 +74,30 @@ pub async fn purge(args: PurgeArgs) -> Result<(), Failure> {
         return Err(Failure::usage(anyhow!("say what to purge: --expired")));
     }
     let (pool, schema) = args.db.connect().await?;
-    let purged = store::admin::purge_expired(&pool, &schema, 1000)
-        .await
-        .map_err(Failure::runtime)?;
+    // Batch by batch (as purge_expired does) so stderr shows progress on
+    // a terminal while a large backlog goes.
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} purging: {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut purged = store::admin::Purged::default();
+    loop {
+        let round = store::admin::purge_expired_batch(&pool, &schema, 1000)
+            .await
+            .map_err(Failure::runtime)?;
+        purged.jobs += round.jobs;
+        purged.deliveries += round.deliveries;
+        bar.set_message(format!(
+            "{} jobs, {} deliveries",
+            purged.jobs, purged.deliveries
+        ));
+        if round == store::admin::Purged::default() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
     println!(
         "purged {} expired jobs and {} expired deliveries",
         purged.jobs, purged.deliveries

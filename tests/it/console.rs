@@ -377,7 +377,7 @@ async fn the_same_path_with_the_keyboard_alone() {
         wait_for(c, "#token").await;
         // The token field has the focus; Enter submits.
         tab_to(c, |id, _| id == "token", "the token field").await;
-        press(c, &format!("{TOKEN}{}", Key::Enter.to_string())).await;
+        press(c, &format!("{TOKEN}{}", Key::Enter)).await;
         wait_for(c, "#stat-due").await;
 
         tab_to(c, |_, text| text == "Deliveries", "the Deliveries link").await;

@@ -441,7 +441,7 @@ async fn a_failed_delivery_found_and_replayed_through_the_api_reaches_the_receiv
     let list = app
         .get_json("/v1/deliveries?status=failed&host=127.0.0.1")
         .await;
-    assert_eq!(ids(&list), [id.clone()]);
+    assert_eq!(ids(&list), std::slice::from_ref(&id));
     let before = receiver.received().len();
     receiver.always(Answer::ok());
     let report: Value = app
