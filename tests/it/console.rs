@@ -495,6 +495,77 @@ async fn every_page_fits_360_and_1280_px_and_a_bulk_replay_is_previewed_first() 
             }
         }
 
+        // Rotation: the new secret is shown once, and the API agrees.
+        let response = app
+            .http
+            .put(app.url("/v1/customers/acme"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "Acme"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        c.execute("location.hash = '#/customers';", vec![])
+            .await
+            .expect("navigate");
+        wait_for(c, "#c-id").await.send_keys("acme").await.expect("type");
+        c.find(Locator::Css("#c-grace"))
+            .await
+            .expect("grace")
+            .send_keys(&format!("1h{}", Key::Enter))
+            .await
+            .expect("submit");
+        let deadline = Instant::now() + WAIT;
+        while c.get_alert_text().await.is_err() {
+            assert!(Instant::now() < deadline, "no confirmation asked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.accept_alert().await.expect("confirm");
+        let secret = wait_text(c, "#new-secret", "whsec_").await;
+        let view = app.get_json("/v1/customers/acme").await;
+        assert_eq!(view["secrets"].as_array().unwrap().len(), 2, "{view}");
+        assert!(!secret.trim().is_empty());
+
+        // Open destinations, against the contract of GET /v1/destinations
+        // (another issue builds it; until then it answers 404, tested
+        // above): the page's fetch is stubbed with that contract's shape.
+        c.execute(
+            r#"const real = window.fetch; window.__resets = [];
+               window.fetch = (url, opts) => {
+                 const u = String(url);
+                 if (u.startsWith('/v1/destinations?')) return Promise.resolve(new Response(JSON.stringify(
+                   {destinations: [{origin: 'https://hooks.example.org:443', state: 'open', consecutiveFailures: 12,
+                     openedAt: '2026-12-02T03:00:00Z', nextProbeTime: '2026-12-02T03:05:00Z', lastError: 'connect_error'}]}),
+                   {status: 200, headers: {'content-type': 'application/json'}}));
+                 if (u === '/v1/destinations/reset') { window.__resets.push(JSON.parse(opts.body)); return Promise.resolve(new Response('{}', {status: 200})); }
+                 return real(url, opts);
+               };
+               location.hash = '#/destinations';"#,
+            vec![],
+        )
+        .await
+        .expect("stub destinations");
+        let table = wait_text(c, "#destinations", "hooks.example.org").await;
+        assert!(table.contains("connect_error") && table.contains("12"), "{table}");
+        no_horizontal_overflow(c, "open destinations at 1280").await;
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(out.join("console-destinations-open-1280.png"), png).expect("write");
+        c.find(Locator::XPath("//button[text()='Reset']"))
+            .await
+            .expect("reset button")
+            .click()
+            .await
+            .expect("reset");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let resets = c.execute("return window.__resets;", vec![]).await.unwrap();
+            if resets == json!([{"origin": "https://hooks.example.org:443"}]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "reset sent {resets}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
         // Bulk: preview (a dry run: nothing changes), then replay.
         c.execute(
             "location.hash = arguments[0];",
