@@ -17,7 +17,8 @@ use crate::model::{QueueStats, ReplayReport, ReplayRequest};
 /// or `ids`. Deliveries are replayed the oldest first, in batches of 1,000
 /// per statement, each with a fresh schedule and its id kept. Deliveries
 /// being attempted right now are skipped (counted in `skipped`): replay them
-/// once that attempt ends. A dry run changes nothing.
+/// once that attempt ends. Ids that name no delivery (or an expired one)
+/// match nothing. A dry run changes nothing.
 #[utoipa::path(
     post,
     path = "/v1/replays",
