@@ -598,3 +598,38 @@ async fn every_page_fits_360_and_1280_px_and_a_bulk_replay_is_previewed_first() 
     })
     .await;
 }
+
+/// No browser needed: the page loads without a token, from this server
+/// only (its files name no other origin, and the CSP forbids any).
+#[tokio::test]
+async fn the_console_is_served_without_a_token_and_loads_nothing_from_elsewhere() {
+    let app = TestApp::spawn_with(|c| c.concurrency = 0).await;
+    let mut files = Vec::new();
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/assets/console.css", "text/css"),
+        ("/console/assets/console.js", "text/javascript"),
+    ] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} without a token");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}: {:?}",
+            headers["content-type"]
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        files.push((path, response.text().await.unwrap()));
+    }
+    for (path, text) in &files {
+        for outside in ["http://", "https://", "//cdn", "@import", "url("] {
+            assert!(!text.contains(outside), "{path} refers to {outside}");
+        }
+    }
+    assert!(files[0].1.contains("/console/assets/console.js"));
+    app.stop().await;
+}
