@@ -11,6 +11,12 @@ use serde_json::Value;
 
 pub use crate::state::{DeliveryKind, DeliveryState, JobStatus};
 
+mod listing;
+pub use listing::{
+    DeliveryFilter, DeliveryList, DeliveryListQuery, DeliverySummary, QueueStats, ReplayReport,
+    ReplayRequest,
+};
+
 /// HTTP method of a callback (SPEC §2: POST by default, or PUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "api", derive(utoipa::ToSchema))]

@@ -80,6 +80,10 @@ impl JsonObjects for crate::model::ResetDestination {
     const OBJECTS: &'static [&'static str] = &[""];
 }
 
+impl JsonObjects for crate::model::ReplayRequest {
+    const OBJECTS: &'static [&'static str] = &["", "filter"];
+}
+
 impl JsonObjects for NewDelivery {
     const OBJECTS: &'static [&'static str] = &["", "headers"];
 }

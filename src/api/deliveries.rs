@@ -1,7 +1,7 @@
 //! `/v1/deliveries` routes.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::body::JsonBody;
 use super::{ApiError, AppState, ErrorBody};
 use crate::error::ErrorCode;
-use crate::model::{DeliveryAccepted, DeliveryView, NewDelivery};
+use crate::model::{DeliveryAccepted, DeliveryList, DeliveryListQuery, DeliveryView, NewDelivery};
 
 /// The `{deliveryId}` of the path; anything but a UUID names no delivery.
 fn delivery_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
@@ -102,4 +102,39 @@ pub async fn replay(
     state.postback.replay(&state.pool, delivery_id).await?;
     state.wake_workers();
     Ok((StatusCode::ACCEPTED, Json(DeliveryAccepted { delivery_id })).into_response())
+}
+
+/// Find deliveries, newest first, a page at a time.
+///
+/// Every filter given narrows the list. `since` and `until` take an RFC 3339
+/// time or a duration back from now (`2h`, `3d`) and bound `createdAt`. A
+/// delivery whose worker's lease ran out is due again and listed `pending`.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    operation_id = "listDeliveries",
+    tag = "deliveries",
+    params(DeliveryListQuery),
+    responses(
+        (status = 200, description = "A page of deliveries, newest first.", body = DeliveryList),
+        (status = 400, description = "A bad filter value (`invalid_query`); the message names the parameter.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token.", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<DeliveryListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            format!(
+                "{}; the parameters are status, customerId, jobId, host, since, until, limit and cursor",
+                e.body_text()
+            ),
+        )
+    })?;
+    let page = state.postback.list_deliveries(&state.pool, &query).await?;
+    Ok(Json(page).into_response())
 }

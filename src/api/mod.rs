@@ -11,6 +11,7 @@
 
 mod auth;
 mod body;
+mod console;
 mod customers;
 mod deliveries;
 mod destinations;
@@ -18,6 +19,7 @@ mod error;
 mod jobs;
 mod openapi;
 mod ops;
+mod replays;
 mod server;
 
 use std::net::IpAddr;
@@ -116,9 +118,12 @@ fn v1_routes() -> RouteTable {
         .add::<jobs::__path_create, _, _>(jobs::create)
         .add::<jobs::__path_get, _, _>(jobs::get)
         .add::<jobs::__path_post_result, _, _>(jobs::post_result)
+        .add::<deliveries::__path_list, _, _>(deliveries::list)
         .add::<deliveries::__path_create, _, _>(deliveries::create)
         .add::<deliveries::__path_get, _, _>(deliveries::get)
         .add::<deliveries::__path_replay, _, _>(deliveries::replay)
+        .add::<replays::__path_replay, _, _>(replays::replay)
+        .add::<replays::__path_stats, _, _>(replays::stats)
         .add::<customers::__path_put, _, _>(customers::put)
         .add::<customers::__path_get, _, _>(customers::get)
         .add::<customers::__path_delete, _, _>(customers::delete)
@@ -128,13 +133,17 @@ fn v1_routes() -> RouteTable {
         .add::<ops::__path_egress, _, _>(ops::egress)
 }
 
-/// Health, metrics and the API description, open to everyone.
+/// Health, metrics, the API description and the console page, open to
+/// everyone (the console's own calls carry the token).
 fn open_routes() -> RouteTable {
     RouteTable::new()
         .add::<ops::__path_healthz, _, _>(ops::healthz)
         .add::<ops::__path_readyz, _, _>(ops::readyz)
         .add::<ops::__path_metrics, _, _>(ops::metrics)
         .add::<openapi::__path_document, _, _>(openapi::document)
+        .add::<console::__path_page, _, _>(console::page)
+        .add::<console::__path_css, _, _>(console::css)
+        .add::<console::__path_js, _, _>(console::js)
 }
 
 /// Every route the API serves, as (method, path) with OpenAPI path syntax.

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, deliveries, destinations, jobs, ops, ErrorBody, ErrorDetail};
+use super::{
+    console, customers, deliveries, destinations, jobs, ops, replays, ErrorBody, ErrorDetail,
+};
 use crate::error::ErrorCode;
 use crate::model;
 
@@ -29,9 +31,12 @@ use crate::model;
         jobs::create,
         jobs::get,
         jobs::post_result,
+        deliveries::list,
         deliveries::create,
         deliveries::get,
         deliveries::replay,
+        replays::replay,
+        replays::stats,
         customers::put,
         customers::get,
         customers::delete,
@@ -43,6 +48,9 @@ use crate::model;
         ops::readyz,
         ops::metrics,
         document,
+        console::page,
+        console::css,
+        console::js,
     ),
     components(schemas(
         model::Method,
@@ -78,6 +86,12 @@ use crate::model;
         model::DeliveryView,
         model::NewDelivery,
         model::DeliveryAccepted,
+        model::DeliveryFilter,
+        model::DeliverySummary,
+        model::DeliveryList,
+        model::ReplayRequest,
+        model::ReplayReport,
+        model::QueueStats,
         model::EgressView,
         ErrorBody,
         ErrorDetail,
@@ -88,7 +102,8 @@ use crate::model;
     tags(
         (name = "jobs", description = "The ASR flow: register a job, post its result, poll it."),
         (name = "deliveries", description = "Any callback outside the job flow, and replay."),
-        (name = "operations", description = "Egress addresses, health, metrics, this document."),
+        (name = "operations", description = "Egress addresses, health, metrics, queue stats, this document."),
+        (name = "console", description = "The operator console: a web page served by the binary."),
     )
 )]
 pub struct ApiDoc;

@@ -1,19 +1,17 @@
 //! Admin commands that talk to the database directly (`DATABASE_URL`), so
-//! they work while the server is down: `deliveries`, `replay`, `purge`,
+//! they work while the server is down: the connection every one of them
+//! uses (`deliveries` and `replay` are in `cli/find.rs`), `purge`, and
 //! `migrate`'s connection.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Subcommand};
+use clap::Args;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::Failure;
-use crate::config::{parse_duration, Config};
+use crate::config::Config;
 use crate::intake::Postback;
-use crate::state::DeliveryState;
-use crate::store::admin::Filter;
 use crate::store::{self, Schema};
 
 /// Where the database is.
@@ -77,79 +75,6 @@ impl DbArgs {
     }
 }
 
-/// `postback deliveries …`.
-#[derive(Debug, Subcommand)]
-pub enum DeliveriesCommand {
-    /// List deliveries.
-    List(ListArgs),
-    /// One delivery with every attempt.
-    Show(ShowArgs),
-}
-
-/// Filters of `deliveries list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    /// pending, delivering, delivered or failed.
-    #[arg(long, value_parser = parse_state)]
-    status: Option<DeliveryState>,
-    /// Only deliveries queued within this long (e.g. 2h, 3d).
-    #[arg(long, value_parser = parse_duration)]
-    since: Option<Duration>,
-    /// Only deliveries to this host.
-    #[arg(long)]
-    host: Option<String>,
-    /// Only deliveries of this job.
-    #[arg(long)]
-    job: Option<String>,
-    /// At most this many.
-    #[arg(long, default_value = "100")]
-    limit: i64,
-    /// JSON lines for scripts.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `deliveries show ID`.
-#[derive(Debug, Args)]
-pub struct ShowArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    /// Delivery id.
-    id: String,
-    /// JSON for scripts.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `replay`.
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    /// Delivery ids.
-    ids: Vec<String>,
-    /// Replay every delivery in this state (only `failed`).
-    #[arg(long, value_parser = parse_replayable)]
-    status: Option<DeliveryState>,
-    /// With --status: only those queued within this long.
-    #[arg(long, value_parser = parse_duration)]
-    since: Option<Duration>,
-    /// With --status: only those to this host.
-    #[arg(long)]
-    host: Option<String>,
-    /// With --status: only those of this job.
-    #[arg(long)]
-    job: Option<String>,
-    /// Print what would be replayed and change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Spread the replayed deliveries at N per second (e.g. 50/s).
-    #[arg(long)]
-    rate: Option<String>,
-}
-
 /// `purge`.
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
@@ -158,10 +83,6 @@ pub struct PurgeArgs {
     /// Delete what is past its expiry.
     #[arg(long)]
     expired: bool,
-}
-
-fn parse_id(id: &str) -> Result<Uuid, Failure> {
-    Uuid::parse_str(id).map_err(|_| Failure::usage(anyhow!("{id:?} is not a delivery id (a UUID)")))
 }
 
 /// The library on the admin command's settings; a bad secrets key is
@@ -175,256 +96,36 @@ pub fn library(db: &DbArgs) -> Result<Postback, Failure> {
     .map_err(|e| Failure::usage(anyhow!("{e}")))
 }
 
-/// A `--status` value: one of the delivery states.
-fn parse_state(raw: &str) -> Result<DeliveryState, String> {
-    DeliveryState::parse(raw).ok_or_else(|| {
-        let names: Vec<_> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
-        format!(
-            "{raw:?} is not a delivery state; use one of {}",
-            names.join(", ")
-        )
-    })
-}
-
-/// The `--status` of `replay`: only failed deliveries are replayed in bulk.
-fn parse_replayable(raw: &str) -> Result<DeliveryState, String> {
-    match parse_state(raw)? {
-        DeliveryState::Failed => Ok(DeliveryState::Failed),
-        other => Err(format!(
-            "replay --status takes only failed (not {other}); replay other deliveries by id"
-        )),
-    }
-}
-
-fn filter(
-    status: Option<DeliveryState>,
-    since: Option<Duration>,
-    host: Option<String>,
-    job: Option<String>,
-    limit: i64,
-) -> Filter {
-    Filter {
-        status,
-        since,
-        host,
-        job,
-        limit,
-    }
-}
-
-/// When the `i`-th replayed delivery is due at `rate` per second from
-/// `start`; `None` when that is too far to compute with.
-fn due_time(
-    start: time::OffsetDateTime,
-    rate: Option<f64>,
-    i: usize,
-) -> Option<time::OffsetDateTime> {
-    let Some(rate) = rate else {
-        return Some(start);
-    };
-    let offset = Duration::try_from_secs_f64(i as f64 / rate).ok()?;
-    if offset > crate::config::MAX_DURATION {
-        return None;
-    }
-    start.checked_add(time::Duration::try_from(offset).ok()?)
-}
-
-/// `N/s` or `N` (deliveries per second), N > 0.
-fn parse_rate(raw: &str) -> Result<f64, Failure> {
-    let number = raw.trim().trim_end_matches("/s");
-    match number.parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
-        _ => Err(Failure::usage(anyhow!(
-            "--rate {raw:?} is not a rate; use deliveries per second such as 50/s"
-        ))),
-    }
-}
-
-/// `postback deliveries list|show`.
-pub async fn deliveries(cmd: DeliveriesCommand) -> Result<(), Failure> {
-    match cmd {
-        DeliveriesCommand::Show(args) => show(args).await,
-        DeliveriesCommand::List(args) => list(args).await,
-    }
-}
-
-async fn show(args: ShowArgs) -> Result<(), Failure> {
-    let id = parse_id(&args.id)?;
-    let (pool, _) = args.db.connect().await?;
-    let view = library(&args.db)?
-        .delivery(&pool, id)
-        .await
-        .map_err(Failure::runtime)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
-        return Ok(());
-    }
-    println!("delivery  {}", view.delivery_id);
-    if let Some(job) = &view.job_id {
-        println!("job       {job}");
-    }
-    println!("type      {} ({})", view.kind, view.content_type);
-    println!("target    {} {}", view.method, view.url);
-    println!(
-        "status    {} after {} attempt(s)",
-        view.status, view.attempt_count
-    );
-    println!("queued    {}", view.queued_at);
-    if let Some(next) = view.next_attempt_time {
-        println!("next      {next}");
-    }
-    for a in &view.attempts {
-        println!(
-            "  #{:<3} {}  {:>6} ms  {:<4} {}",
-            a.attempt,
-            a.started_at,
-            a.duration_ms,
-            a.status_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            a.error.as_deref().unwrap_or("ok")
-        );
-    }
-    Ok(())
-}
-
-async fn list(args: ListArgs) -> Result<(), Failure> {
-    if args.limit <= 0 {
-        return Err(Failure::usage(anyhow!("--limit must be at least 1")));
-    }
-    let (pool, schema) = args.db.connect().await?;
-    let f = filter(args.status, args.since, args.host, args.job, args.limit);
-    let lines = store::admin::list(&pool, &schema, &f)
-        .await
-        .map_err(Failure::runtime)?;
-    if args.json {
-        for line in &lines {
-            println!("{}", serde_json::to_string(line)?);
-        }
-        return Ok(());
-    }
-    println!(
-        "{:<36}  {:<10}  {:>8}  {:<4}  {:<19}  URL",
-        "DELIVERY", "STATUS", "ATTEMPTS", "LAST", "ERROR"
-    );
-    for l in &lines {
-        println!(
-            "{:<36}  {:<10}  {:>8}  {:<4}  {:<19}  {} {}",
-            l.delivery_id,
-            l.status,
-            l.attempts,
-            l.last_status_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            l.last_error.as_deref().unwrap_or("-"),
-            l.method,
-            l.url
-        );
-    }
-    println!("{} deliveries", lines.len());
-    Ok(())
-}
-
-/// `postback replay`.
-pub async fn replay(args: ReplayArgs) -> Result<(), Failure> {
-    if args.ids.is_empty() == args.status.is_none() {
-        return Err(Failure::usage(anyhow!(
-            "give delivery ids, or --status failed with optional --since/--host/--job (not both)"
-        )));
-    }
-    if !args.ids.is_empty() && (args.since.is_some() || args.host.is_some() || args.job.is_some()) {
-        return Err(Failure::usage(anyhow!(
-            "--since, --host and --job filter --status; they do not combine with ids"
-        )));
-    }
-    let rate = args.rate.as_deref().map(parse_rate).transpose()?;
-    let ids = args
-        .ids
-        .iter()
-        .map(|i| parse_id(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (pool, schema) = args.db.connect().await?;
-    let ids = if ids.is_empty() {
-        let f = filter(args.status, args.since, args.host, args.job, i64::MAX);
-        store::admin::select_ids(&pool, &schema, &f)
-            .await
-            .map_err(Failure::runtime)?
-    } else {
-        ids
-    };
-    if args.dry_run {
-        for id in &ids {
-            println!("{id}");
-        }
-        println!("would replay {} deliveries", ids.len());
-        return Ok(());
-    }
-    // The due times are compared with the database's clock: start from it.
-    let start: time::OffsetDateTime = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| Failure::runtime(crate::error::Error::from(e)))?;
-    // --rate spreads the due times, so the workers (not this command) pace
-    // the recovering receiver, and the command returns at once. Every due
-    // time is computed before anything is replayed: a rate too slow to
-    // schedule changes nothing.
-    let dues = ids
-        .iter()
-        .enumerate()
-        .map(|(i, _)| due_time(start, rate, i))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            Failure::usage(anyhow!(
-                "--rate {}: spreading {} deliveries at that rate takes longer than 100 years; use a higher rate such as 1/s",
-                args.rate.as_deref().unwrap_or_default(),
-                ids.len()
-            ))
-        })?;
-    let mut replayed = 0usize;
-    let mut problems = Vec::new();
-    for (id, due) in ids.iter().zip(dues) {
-        let outcome = store::deliveries::replay(&pool, &schema, *id, Some(due))
-            .await
-            .map_err(Failure::runtime)?;
-        match outcome {
-            store::deliveries::Replayed::Queued => replayed += 1,
-            store::deliveries::Replayed::InFlight => {
-                problems.push(format!("{id}: being attempted right now; not replayed"))
-            }
-            store::deliveries::Replayed::Missing => {
-                problems.push(format!("{id}: no such delivery (or expired)"))
-            }
-        }
-    }
-    if replayed > 0 {
-        let mut conn = pool.acquire().await?;
-        crate::intake::notify_workers(&mut conn)
-            .await
-            .map_err(Failure::runtime)?;
-    }
-    for p in &problems {
-        eprintln!("{p}");
-    }
-    println!("replayed {replayed} deliveries");
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::runtime(anyhow!(
-            "{} deliveries were not replayed",
-            problems.len()
-        )))
-    }
-}
-
 /// `postback purge`.
 pub async fn purge(args: PurgeArgs) -> Result<(), Failure> {
     if !args.expired {
         return Err(Failure::usage(anyhow!("say what to purge: --expired")));
     }
     let (pool, schema) = args.db.connect().await?;
-    let purged = store::admin::purge_expired(&pool, &schema, 1000)
-        .await
-        .map_err(Failure::runtime)?;
+    // Batch by batch (as purge_expired does) so stderr shows progress on
+    // a terminal while a large backlog goes.
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} purging: {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut purged = store::admin::Purged::default();
+    loop {
+        let round = store::admin::purge_expired_batch(&pool, &schema, 1000)
+            .await
+            .map_err(Failure::runtime)?;
+        purged.jobs += round.jobs;
+        purged.deliveries += round.deliveries;
+        bar.set_message(format!(
+            "{} jobs, {} deliveries",
+            purged.jobs, purged.deliveries
+        ));
+        if round == store::admin::Purged::default() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
     println!(
         "purged {} expired jobs and {} expired deliveries",
         purged.jobs, purged.deliveries

@@ -6,6 +6,7 @@
 mod admin;
 mod customers;
 mod destinations;
+mod find;
 mod listen;
 mod migrate;
 mod serve;
@@ -35,9 +36,9 @@ enum Command {
     Migrate(admin::DbArgs),
     /// List or show deliveries.
     #[command(subcommand)]
-    Deliveries(admin::DeliveriesCommand),
+    Deliveries(find::DeliveriesCommand),
     /// Put deliveries back in the queue for a fresh cycle of the schedule.
-    Replay(admin::ReplayArgs),
+    Replay(find::ReplayArgs),
     /// Delete jobs, deliveries and payloads past their expiry.
     Purge(admin::PurgeArgs),
     /// Circuit breakers per destination origin.
@@ -149,8 +150,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(config) => serve::run(*config).await,
         Command::Worker(config) => worker::run(*config).await,
         Command::Migrate(args) => migrate::run(args).await,
-        Command::Deliveries(cmd) => admin::deliveries(cmd).await,
-        Command::Replay(args) => admin::replay(args).await,
+        Command::Deliveries(cmd) => find::deliveries(cmd).await,
+        Command::Replay(args) => find::replay(args).await,
         Command::Purge(args) => admin::purge(args).await,
         Command::Destinations(cmd) => destinations::run(cmd).await,
         Command::Customers(cmd) => customers::customers(cmd).await,

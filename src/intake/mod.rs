@@ -19,11 +19,16 @@ use crate::config::{Config, ConfigError};
 mod batcher;
 mod customers;
 mod destinations;
+mod find;
 mod reseal;
 mod sealed;
 
 pub use batcher::Batcher;
 pub use customers::{CustomerPut, ERASE_BATCH};
+pub use find::{
+    decode_cursor, encode_cursor, parse_host, parse_instant, parse_rate, parse_status, query_of,
+    Progress, Source, DEFAULT_PAGE, MAX_PAGE, SAMPLE,
+};
 pub use reseal::{Resealed, RESEAL_BATCH};
 
 use crate::egress::EgressPolicy;

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod customers;
 pub mod deliveries;
 pub mod destinations;
+pub mod find;
 pub mod jobs;
 pub mod settings;
 

@@ -6,10 +6,12 @@ mod health;
 mod helpers;
 
 mod api;
+mod console;
 mod customers;
 mod delivery;
 mod egress;
 mod embedding;
+mod finding;
 mod foundation;
 mod intake;
 mod operations;
