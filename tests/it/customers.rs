@@ -396,29 +396,14 @@ async fn with_a_key_no_secret_or_header_value_is_stored_in_clear() {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) = status_json(
-        app.post(
-            "/v1/jobs",
-            json!({"jobId": "sealed-job", "customerId": "sealed", "publish": {"callbacks": [
+    let sealed_job = json!({"jobId": "sealed-job", "customerId": "sealed", "publish": {"callbacks": [
                 {"url": receiver.url("/h"), "headers": {"x-api-key": "hdr-secret-one"},
-                 "auth": {"type": "jwt", "secret": "jwt-secret-two"}}]}}),
-        )
-        .await,
-    )
-    .await;
+                 "auth": {"type": "jwt", "secret": "jwt-secret-two"}}]}});
+    let (status, body) = status_json(app.post("/v1/jobs", sealed_job.clone()).await).await;
     assert_eq!(status, 201, "{body}");
     // The same job again is recognised as the same (the stored request is
     // compared opened), not as a conflict.
-    let (status, _) = status_json(
-        app.post(
-            "/v1/jobs",
-            json!({"jobId": "sealed-job", "customerId": "sealed", "publish": {"callbacks": [
-                {"url": receiver.url("/h"), "headers": {"x-api-key": "hdr-secret-one"},
-                 "auth": {"type": "jwt", "secret": "jwt-secret-two"}}]}}),
-        )
-        .await,
-    )
-    .await;
+    let (status, _) = status_json(app.post("/v1/jobs", sealed_job).await).await;
     assert_eq!(status, 200);
     let (status, _) = status_json(
         app.post(

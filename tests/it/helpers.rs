@@ -179,3 +179,30 @@ impl Drop for TestApp {
         self.shutdown.cancel();
     }
 }
+
+/// Waits until `GET /readyz` on `port` of a `postback serve` child answers
+/// 200; panics if `child` exits first or after a minute.
+pub fn wait_ready(port: u16, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("serve exited early with {status}");
+        }
+        let ready = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .ok()?;
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).ok()?;
+                Some(buf.starts_with("HTTP/1.1 200"))
+            });
+        if ready == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "serve did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -335,33 +335,6 @@ fn loopback_port() -> u16 {
         .expect("a free port")
 }
 
-/// Waits until `GET /readyz` on `port` answers 200; panics if `child`
-/// exits first or after a minute.
-fn ready(port: u16, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("serve exited early with {status}");
-        }
-        let answer = std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .and_then(|mut s| {
-                use std::io::{Read, Write};
-                s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                    .ok()?;
-                let mut buf = String::new();
-                s.read_to_string(&mut buf).ok()?;
-                Some(buf.starts_with("HTTP/1.1 200"))
-            });
-        if answer == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "serve did not become ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn sigterm(child: &std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -396,7 +369,7 @@ fn serve_round(dir: &std::path::Path, what: &str) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
-    ready(port, &mut child);
+    crate::helpers::wait_ready(port, &mut child);
     sigterm(&child);
     assert_eq!(
         exit_within(&mut child, Duration::from_secs(60), what),
