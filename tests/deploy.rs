@@ -294,7 +294,7 @@ fn families() -> BTreeMap<&'static str, Family> {
                 false,
                 &[(
                     "type",
-                    set(&["analytics", "transcript", "media", "generic"]),
+                    set(&["analytics", "transcript", "media", "generic", "event"]),
                 )],
             ),
         ),
@@ -314,6 +314,11 @@ fn families() -> BTreeMap<&'static str, Family> {
         ),
         (m::OLDEST_DUE, fam(false, &[])),
         (m::DATABASE_UP, fam(false, &[])),
+        (m::DESTINATIONS_OPEN, fam(false, &[])),
+        (
+            m::OPERATOR_EVENTS,
+            fam(false, &[("type", set(&m::EVENT_TYPES))]),
+        ),
     ])
 }
 
