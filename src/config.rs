@@ -224,6 +224,10 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a filter such as `info,postback::delivery=debug` (RUST_LOG when unset; default info).
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_LOG_LEVEL", value_parser = parse_log_level))]
+    pub log_level: Option<String>,
+
     /// Extra address serving only /metrics.
     #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_METRICS_LISTEN"))]
     pub metrics_listen: Option<SocketAddr>,
@@ -294,10 +298,27 @@ impl Default for Config {
             egress_deny: Vec::new(),
             media_root: Vec::new(),
             log_format: parse("LOG_FORMAT", defaults::LOG_FORMAT, parse_log_format),
+            log_level: None,
             metrics_listen: None,
             db_schema: parse("DB_SCHEMA", defaults::DB_SCHEMA, parse_schema),
         }
     }
+}
+
+/// A log filter (`POSTBACK_LOG_LEVEL`): a level, or a `tracing` filter
+/// such as `info,postback::delivery=debug`.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("is empty; use error, warn, info, debug or trace".to_owned());
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!(
+                "{e}; use error, warn, info, debug, trace or a filter such as info,postback=debug"
+            )
+        })
 }
 
 /// `pretty` or `json` (what clap's `value_enum` accepts, without clap).

@@ -43,6 +43,8 @@ pub const DATABASE_UP: &str = "postback_database_up";
 /// half open (rendered with the queue gauges: left out while the database
 /// is down).
 pub const DESTINATIONS_OPEN: &str = "postback_destinations_open";
+/// `postback_build_info{version}` (gauge, always 1).
+pub const BUILD_INFO: &str = "postback_build_info";
 /// `postback_operator_events_total{type}` (counter).
 pub const OPERATOR_EVENTS: &str = "postback_operator_events_total";
 /// Every operator event type (SPEC §3).
@@ -113,6 +115,8 @@ fn describe() {
     for result in Completed::ALL {
         metrics::counter!(DELIVERIES_COMPLETED, "result" => result.as_str()).increment(0);
     }
+    metrics::describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::describe_counter!(OPERATOR_EVENTS, "Operator events queued, by type.");
     for kind in EVENT_TYPES {
         metrics::counter!(OPERATOR_EVENTS, "type" => kind).increment(0);

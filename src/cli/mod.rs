@@ -7,6 +7,7 @@ mod admin;
 mod customers;
 mod destinations;
 mod find;
+mod healthcheck;
 mod listen;
 mod migrate;
 mod serve;
@@ -41,6 +42,8 @@ enum Command {
     Replay(find::ReplayArgs),
     /// Delete jobs, deliveries and payloads past their expiry.
     Purge(admin::PurgeArgs),
+    /// Exit 0 when GET /readyz of a local serve answers 200, 1 otherwise (container HEALTHCHECKs).
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Circuit breakers per destination origin.
     #[command(subcommand)]
     Destinations(destinations::DestinationsCommand),
@@ -154,6 +157,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Replay(args) => find::replay(args).await,
         Command::Purge(args) => admin::purge(args).await,
         Command::Destinations(cmd) => destinations::run(cmd).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Customers(cmd) => customers::customers(cmd).await,
         Command::Secrets(cmd) => customers::secrets(cmd).await,
         Command::Listen(args) => listen::run(args).await,
@@ -179,11 +183,18 @@ pub fn start_failure(err: crate::runtime::StartError) -> Failure {
 }
 
 /// Sets up tracing once per process (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    // POSTBACK_LOG_LEVEL, else RUST_LOG, else info (sqlx's per-statement
+    // lines only from warn up).
+    let filter = level
+        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // Colour only on a terminal: never escape codes in pipes and files.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -4,6 +4,7 @@
 
 mod health;
 mod helpers;
+mod observability;
 
 mod api;
 mod console;
