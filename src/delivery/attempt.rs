@@ -109,7 +109,7 @@ impl Sender {
     ///
     /// The attempt timeout bounds everything up to the response's status and
     /// headers; the status decides the outcome there (SPEC §3). The snippet
-    /// is read after that under its own bound ([`SNIPPET_READ`]): a receiver
+    /// is read after that under its own bound (`SNIPPET_READ`, 2 s): a receiver
     /// that answers 200 and then stalls its body has still been delivered to,
     /// and resending would only duplicate the callback.
     pub async fn attempt(&self, d: &Claimed) -> AttemptReport {
