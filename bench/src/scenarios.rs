@@ -90,7 +90,7 @@ const STOP_GRACE: Duration = Duration::from_secs(60);
 
 impl Ctx {
     fn env(&self, db_url: &str, concurrency: usize) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("DATABASE_URL".into(), db_url.into()),
             ("POSTBACK_API_TOKEN".into(), self.token.clone()),
             ("POSTBACK_EGRESS_ALLOW".into(), "127.0.0.0/8".into()),
@@ -99,7 +99,16 @@ impl Ctx {
                 "POSTBACK_PER_HOST_CONCURRENCY".into(),
                 self.plan.per_host.to_string(),
             ),
-        ]
+        ];
+        if self.plan.customer {
+            // Every delivery is the one customer's, as every one goes to the
+            // one receiver host: its limit is the process's, like the host's.
+            env.push((
+                "POSTBACK_PER_CUSTOMER_CONCURRENCY".into(),
+                self.plan.per_host.to_string(),
+            ));
+        }
+        env
     }
 
     /// `postback serve` on `db_url`, ready (`/readyz` 200); its base URL.
