@@ -1,11 +1,9 @@
 //! Issue 3: the binary starts on a fresh machine, refuses bad settings with
 //! exit 2 naming them, runs its private PostgreSQL and stops it cleanly.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::helpers::{wait_ready, TestApp};
-
-const BIN: &str = env!("CARGO_BIN_EXE_postback");
+use crate::helpers::{output, postback, wait_ready, TestApp};
 
 /// Every environment variable of SPEC §1's configuration table.
 const SPEC_SETTINGS: &[&str] = &[
@@ -32,28 +30,6 @@ const SPEC_SETTINGS: &[&str] = &[
     "POSTBACK_DATA_DIR",
     "POSTBACK_INSECURE_NO_AUTH",
 ];
-
-/// The binary with none of the caller's Postback settings.
-fn postback() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("POSTBACK_") || key == "DATABASE_URL" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn output(cmd: &mut Command) -> (i32, String) {
-    let out = cmd.output().expect("run postback");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 #[test]
 fn help_lists_every_subcommand_of_the_spec() {

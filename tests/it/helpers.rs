@@ -206,3 +206,25 @@ pub fn wait_ready(port: u16, child: &mut std::process::Child) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The binary with none of the caller's Postback settings.
+pub fn postback() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_postback"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("POSTBACK_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+pub fn output(cmd: &mut std::process::Command) -> (i32, String) {
+    let out = cmd.output().expect("run postback");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

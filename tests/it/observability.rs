@@ -5,35 +5,12 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{fresh_database, TestApp};
-
-const BIN: &str = env!("CARGO_BIN_EXE_postback");
-
-fn postback() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("POSTBACK_") || key == "DATABASE_URL" || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
+use crate::helpers::{fresh_database, output, postback, TestApp};
 
 fn run(cmd: &mut Command) -> (i32, String) {
-    let out = cmd.output().expect("run postback");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    output(cmd)
 }
 
-// Multi-threaded: the server runs in this process while the child's check
-// blocks a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_is_0_when_ready_1_when_not_and_2_on_a_bad_url() {
     let app = TestApp::spawn().await;
