@@ -55,7 +55,8 @@ pub struct Secrets {
     pool: PgPool,
     schema: Schema,
     keys: Arc<Keyring>,
-    default: Vec<SigningSecret>,
+    /// Shared, so an attempt without a customer costs no allocation.
+    default: Arc<[SigningSecret]>,
     entries: Mutex<HashMap<String, Entry>>,
     /// Bumped by every invalidation: a read that started before one is not
     /// cached.
@@ -70,7 +71,7 @@ impl Secrets {
             pool,
             schema,
             keys,
-            default: vec![default],
+            default: Arc::from(vec![default]),
             entries: Mutex::default(),
             generation: AtomicU64::new(0),
         }
@@ -80,7 +81,7 @@ impl Secrets {
     pub async fn for_customer(
         &self,
         customer: Option<&str>,
-    ) -> Result<Vec<SigningSecret>, NoSecret> {
+    ) -> Result<Arc<[SigningSecret]>, NoSecret> {
         let Some(customer) = customer else {
             return Ok(self.default.clone());
         };
@@ -183,7 +184,7 @@ fn live(
     customer: &str,
     entry: &Entry,
     now: OffsetDateTime,
-) -> Result<Vec<SigningSecret>, NoSecret> {
+) -> Result<Arc<[SigningSecret]>, NoSecret> {
     let secrets: Vec<SigningSecret> = entry
         .secrets
         .iter()
@@ -193,5 +194,5 @@ fn live(
     if secrets.is_empty() {
         return Err(NoSecret::CustomerGone(customer.to_owned()));
     }
-    Ok(secrets)
+    Ok(Arc::from(secrets))
 }

@@ -2,7 +2,6 @@
 //! bulk (`POST /v1/replays`), the queue overview (`GET /v1/stats`), the
 //! listing indexes, and the CLI's `deliveries list|show` and `replay`.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postback::state::DeliveryState;
@@ -13,27 +12,7 @@ use sqlx::PgPool;
 
 use crate::helpers::{Answer, Receiver, TestApp};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postback");
-
-fn postback(database_url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("POSTBACK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("DATABASE_URL", database_url).stdin(Stdio::null());
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run postback");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::helpers::{postback_on as postback, run_split as run};
 
 /// An API-only server: nothing is attempted, so states are the test's.
 async fn api_only() -> TestApp {

@@ -228,3 +228,20 @@ pub fn output(cmd: &mut std::process::Command) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// [`postback`] on the database at `database_url`.
+pub fn postback_on(database_url: &str) -> std::process::Command {
+    let mut cmd = postback();
+    cmd.env("DATABASE_URL", database_url);
+    cmd
+}
+
+/// Runs `cmd`: its exit code, stdout and stderr apart.
+pub fn run_split(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run postback");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -24,25 +24,7 @@ impl Drop for ChildGuard {
     }
 }
 
-fn postback(database_url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("POSTBACK_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("DATABASE_URL", database_url).stdin(Stdio::null());
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run postback");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::helpers::{postback_on as postback, run_split as run};
 
 /// Deliveries fail for good within about a second with these settings.
 async fn app_that_gives_up_fast() -> TestApp {
