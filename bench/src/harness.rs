@@ -284,14 +284,46 @@ impl Cpu {
         }
     }
 
-    /// `CPU: postback 1.2 s, PostgreSQL 2.3 s, bench 0.8 s in 2.0 s`.
-    pub fn since(&self, before: &Cpu) -> String {
-        let wall = self.at.duration_since(before.at).as_secs_f64();
-        format!(
-            "CPU in {wall:.1} s: postback {:.1} s, PostgreSQL {:.1} s, bench (load + receiver) {:.1} s",
-            self.postback - before.postback,
-            self.postgres - before.postgres,
-            self.bench - before.bench,
+    /// CPU used by each process between `before` and `self`.
+    pub fn since(&self, before: &Cpu) -> CpuUse {
+        CpuUse {
+            wall: self.at.duration_since(before.at).as_secs_f64(),
+            postback: self.postback - before.postback,
+            postgres: self.postgres - before.postgres,
+            bench: self.bench - before.bench,
+        }
+    }
+}
+
+/// CPU seconds each process used over `wall` seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    pub wall: f64,
+    pub postback: f64,
+    pub postgres: f64,
+    pub bench: f64,
+}
+
+impl CpuUse {
+    /// Microseconds of CPU per unit of work (`n` deliveries or requests):
+    /// (postback, PostgreSQL, bench).
+    pub fn per(&self, n: u64) -> (f64, f64, f64) {
+        let n = n.max(1) as f64;
+        (
+            self.postback * 1e6 / n,
+            self.postgres * 1e6 / n,
+            self.bench * 1e6 / n,
+        )
+    }
+}
+
+impl std::fmt::Display for CpuUse {
+    /// `CPU in 2.0 s: postback 1.2 s, PostgreSQL 2.3 s, bench 0.8 s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU in {:.1} s: postback {:.1} s, PostgreSQL {:.1} s, bench (load + receiver) {:.1} s",
+            self.wall, self.postback, self.postgres, self.bench
         )
     }
 }

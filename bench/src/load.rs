@@ -1,9 +1,12 @@
-//! Load generators for `POST /v1/deliveries`: closed loop (C tasks sending
-//! back to back, for ingest) and open loop (requests started on a fixed
-//! schedule whatever the answers do, for latency). Both use a few
-//! keep-alive reqwest clients shared by many tasks; every request is
-//! bounded by [`REQUEST_TIMEOUT`] and every loop by its duration.
+//! Load generators: closed loop (C tasks sending back to back, for ingest)
+//! and open loop (requests started on a fixed schedule whatever the
+//! answers do, for latency), at a [`Target`]: Postback's
+//! `POST /v1/deliveries` ([`Api`]) or, for the ceiling, a receiver
+//! straight ([`Bare`]). Both use a few keep-alive reqwest clients shared
+//! by many tasks; every request is bounded by [`REQUEST_TIMEOUT`] and
+//! every loop by its duration.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,71 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a load generator sends to: one request, the id it was given back.
+pub trait Target: Clone + Send + Sync + 'static {
+    fn send(&self, i: usize, body: Bytes) -> impl Future<Output = Result<u128, String>> + Send;
+}
+
+fn clients(n: usize) -> anyhow::Result<Vec<reqwest::Client>> {
+    Ok((0..n.max(1))
+        .map(|_| {
+            reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .timeout(REQUEST_TIMEOUT)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A receiver, posted to straight: the bare HTTP ceiling of a run (the
+/// same client stack and receiver as the scenarios, without Postback).
+#[derive(Clone)]
+pub struct Bare {
+    url: Arc<str>,
+    clients: Arc<Vec<reqwest::Client>>,
+}
+
+impl Bare {
+    pub fn new(url: &str, clients: usize) -> anyhow::Result<Bare> {
+        Ok(Bare {
+            url: url.into(),
+            clients: Arc::new(self::clients(clients)?),
+        })
+    }
+}
+
+impl Target for Bare {
+    async fn send(&self, i: usize, body: Bytes) -> Result<u128, String> {
+        let client = &self.clients[i % self.clients.len()];
+        // A webhook-id like Postback's, so the receiver does the same work
+        // (it records every id it sees).
+        let id = uuid::Uuid::now_v7();
+        let resp = client
+            .post(&*self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", id.to_string())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        resp.bytes()
+            .await
+            .map_err(|e| format!("reading the answer failed: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{status}"));
+        }
+        Ok(id.as_u128())
+    }
+}
+
+impl Target for Api {
+    fn send(&self, i: usize, body: Bytes) -> impl Future<Output = Result<u128, String>> + Send {
+        self.post_delivery(i, body)
+    }
+}
 
 /// The API of one `serve` child.
 #[derive(Clone)]
@@ -24,15 +92,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, token: &str, clients: usize) -> anyhow::Result<Api> {
-        let clients = (0..clients.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .tcp_nodelay(true)
-                    .timeout(REQUEST_TIMEOUT)
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let clients = self::clients(clients)?;
         Ok(Api {
             url: format!("{base}/v1/deliveries").into(),
             token: token.into(),
@@ -98,8 +158,8 @@ pub struct ClosedLoop {
 
 /// `tasks` senders back to back for `warmup + window`; only requests that
 /// start and end inside the window are counted.
-pub async fn closed_loop(
-    api: &Api,
+pub async fn closed_loop<T: Target>(
+    api: &T,
     body: Bytes,
     tasks: usize,
     warmup: Duration,
@@ -119,7 +179,7 @@ pub async fn closed_loop(
                 if t0 >= until {
                     break;
                 }
-                let r = api.post_delivery(t, body.clone()).await;
+                let r = api.send(t, body.clone()).await;
                 let t1 = Instant::now();
                 let counted = t0 >= from && t1 <= until;
                 match r {
@@ -190,8 +250,8 @@ struct Shared {
 /// Starts `rate × duration` requests at evenly spaced instants (a request
 /// due while the previous ones are unanswered is sent anyway, up to
 /// `max_in_flight` waiting), then waits for the answers.
-pub async fn open_loop(
-    api: &Api,
+pub async fn open_loop<T: Target>(
+    api: &T,
     body: Bytes,
     rate: f64,
     duration: Duration,
@@ -224,7 +284,7 @@ pub async fn open_loop(
         let shared = shared.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let r = api.post_delivery(i as usize, body).await;
+            let r = api.send(i as usize, body).await;
             let took = sent.elapsed();
             if let Ok(mut s) = shared.lock() {
                 match r {

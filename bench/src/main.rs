@@ -30,6 +30,9 @@
 //! and RSS growth while a 1 GiB media stream is delivered). The final
 //! Markdown table compares each figure with the target of issue 8.
 
+mod ab;
+mod ceiling;
+mod figures;
 mod harness;
 mod load;
 mod report;
@@ -49,6 +52,8 @@ use crate::scenarios::{Ctx, Plan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// The load generator straight at the receiver: the bare HTTP ceiling.
+    Ceiling,
     /// N deliveries queued, then `postback worker` started.
     Drain,
     /// POST /v1/deliveries from concurrent clients, no workers.
@@ -63,7 +68,8 @@ enum Scenario {
     Memory,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
+    Scenario::Ceiling,
     Scenario::Drain,
     Scenario::Ingest,
     Scenario::E2e,
@@ -120,6 +126,14 @@ struct Args {
     /// Every delivery names a customer (signed with its own secret).
     #[arg(long)]
     customer: bool,
+    /// A/B mode: also run the scenarios with this other `postback` binary,
+    /// alternating the two run by run, and report the ratio of medians.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// Runs of each binary in A/B mode (or of the one binary otherwise).
+    /// [default: 3 with --baseline; without it only 1 is allowed]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: Option<u32>,
 }
 
 impl Args {
@@ -146,6 +160,10 @@ impl Args {
         let mut wanted = self.only.clone();
         if wanted.contains(&Scenario::Backlog) && !wanted.contains(&Scenario::Drain) {
             wanted.push(Scenario::Drain);
+        }
+        // Every run measures its ceiling: the other figures are read against it.
+        if !wanted.is_empty() && !wanted.contains(&Scenario::Ceiling) {
+            wanted.push(Scenario::Ceiling);
         }
         ALL.into_iter()
             .filter(|s| wanted.is_empty() || wanted.contains(s))
@@ -204,20 +222,41 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "bench: {} cores, {} memory, {}, {}",
         machine.cores, machine.mem_total, machine.postgres, durability
     );
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         plan: plan.clone(),
-        bin,
+        bin: bin.clone(),
         pg,
         dir: dir.path().to_path_buf(),
         token: format!("bench-{}", uuid::Uuid::new_v4().simple()),
     };
     let mut report = Report::default();
     let which = args.scenarios();
-    let interrupted = tokio::select! {
-        () = run_scenarios(&ctx, &which, &mut report) => false,
-        () = interrupt() => true,
+    let mut comparison = None;
+    let interrupted = match &args.baseline {
+        Some(base) => {
+            let base = harness::locate_postback(Some(base.clone()))?;
+            let mut cmp = ab::Comparison::default();
+            let runs = args.runs.unwrap_or(3);
+            let interrupted = tokio::select! {
+                () = ab_rounds(&mut ctx, &which, [&base, &bin], runs, &mut cmp) => false,
+                () = interrupt() => true,
+            };
+            report.failures = cmp.failures.clone();
+            comparison = Some((base, cmp));
+            interrupted
+        }
+        None => {
+            if args.runs.is_some_and(|r| r > 1) {
+                bail!("--runs above 1 needs --baseline (the A/B mode)");
+            }
+            tokio::select! {
+                () = run_scenarios(&ctx, &which, &mut report) => false,
+                () = interrupt() => true,
+            }
+        }
     };
     report.finish_memory();
+    report.against_ceiling();
     if let Some(w) = stale {
         report.detail(format!("WARNING: {w}"));
     }
@@ -233,7 +272,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ),
         interrupted,
     };
-    let md = report.markdown(&header);
+    let md = match &comparison {
+        Some((base, cmp)) => format!(
+            "{}{}",
+            report::header_markdown(&header),
+            cmp.markdown(&base.display().to_string(), &bin.display().to_string())
+        ),
+        None => report.markdown(&header),
+    };
     println!("\n{md}");
     if let Some(path) = &args.markdown {
         let mut f = std::fs::OpenOptions::new()
@@ -253,9 +299,56 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(!interrupted && report.failures.is_empty())
 }
 
+/// A/B rounds: the ceiling once per round, then both binaries in
+/// alternating order (A B, B A, …), each on fresh databases.
+async fn ab_rounds(
+    ctx: &mut Ctx,
+    which: &[Scenario],
+    [base, candidate]: [&PathBuf; 2],
+    runs: u32,
+    cmp: &mut ab::Comparison,
+) {
+    let binary_scenarios: Vec<Scenario> = which
+        .iter()
+        .copied()
+        .filter(|s| *s != Scenario::Ceiling)
+        .collect();
+    for round in 0..runs {
+        if which.contains(&Scenario::Ceiling) {
+            let mut shared = Report::default();
+            run_scenarios(ctx, &[Scenario::Ceiling], &mut shared).await;
+            cmp.failures.extend(shared.failures);
+            cmp.shared.push(shared.figures);
+        }
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_candidate in order {
+            let bin = if is_candidate { candidate } else { base };
+            println!(
+                "\n#### round {} of {runs}: {} ({})",
+                round + 1,
+                if is_candidate {
+                    "candidate"
+                } else {
+                    "baseline"
+                },
+                bin.display()
+            );
+            ctx.bin = bin.clone();
+            let mut report = Report::default();
+            run_scenarios(ctx, &binary_scenarios, &mut report).await;
+            cmp.add(is_candidate, report);
+        }
+    }
+}
+
 async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
     for &s in which {
         let (name, title) = match s {
+            Scenario::Ceiling => ("ceiling", "0. ceiling: bare HTTP, no Postback"),
             Scenario::Drain => ("drain", "1. drain"),
             Scenario::Ingest => ("ingest", "2. ingest"),
             Scenario::E2e => ("end to end", "3. end to end"),
@@ -266,6 +359,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
         println!("\n== {title} ==");
         let started = Instant::now();
         let outcome = match s {
+            Scenario::Ceiling => ceiling::ceiling(ctx, report).await,
             Scenario::Drain => scenarios::drain(ctx, report).await,
             Scenario::Ingest => scenarios::ingest(ctx, report).await,
             Scenario::E2e => scenarios::end_to_end(ctx, report).await,

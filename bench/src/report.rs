@@ -5,6 +5,23 @@ use std::fmt::Write as _;
 
 use crate::harness::Machine;
 
+/// Which way a figure improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One measured number, kept as a number so that runs can be compared
+/// (the A/B mode takes medians and ratios of these).
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+    pub better: Better,
+}
+
 pub struct Row {
     figure: String,
     value: String,
@@ -22,6 +39,8 @@ pub struct Report {
     pub empty_drain_rate: Option<f64>,
     /// Peak RSS (VmHWM, KiB) of every `serve` run, by scenario.
     pub serve_peaks: Vec<(String, u64)>,
+    /// The numbers behind the rows, for A/B comparison and the ceiling.
+    pub figures: Vec<Figure>,
 }
 
 /// What the header of the report says.
@@ -48,6 +67,60 @@ impl Report {
             target: target.into(),
             met,
         });
+    }
+
+    /// Records a measured number (see [`Figure`]).
+    pub fn figure(&mut self, name: &'static str, value: f64, unit: &'static str, better: Better) {
+        self.figures.push(Figure {
+            name,
+            value,
+            unit,
+            better,
+        });
+    }
+
+    /// The value of figure `name`, if it was measured.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    }
+
+    /// Rows that put the figures against the bare HTTP ceiling measured in
+    /// the same run (when both were measured).
+    pub fn against_ceiling(&mut self) {
+        use crate::figures as f;
+        let (Some(ceiling), Some(ceiling_p50)) =
+            (self.value(f::CEILING_RATE), self.value(f::CEILING_P50))
+        else {
+            return;
+        };
+        if let Some(drain) = self.value(f::DRAIN_RATE) {
+            self.row(
+                "drain as a fraction of the bare HTTP ceiling",
+                format!("{:.2}", drain / ceiling),
+                "",
+                None,
+            );
+        }
+        if let Some(ingest) = self.value(f::INGEST_RATE) {
+            self.row(
+                "ingest as a fraction of the bare HTTP ceiling",
+                format!("{:.2}", ingest / ceiling),
+                "",
+                None,
+            );
+        }
+        if let Some(p50) = self.value(f::LIGHT_P50) {
+            let over = p50 - ceiling_p50;
+            self.row(
+                "light-load p50 over the bare HTTP round trip",
+                format!("{over:.2} ms"),
+                "≤ 1 ms",
+                Some(over <= 1.0),
+            );
+        }
     }
 
     pub fn detail(&mut self, text: impl Into<String>) {
@@ -95,31 +168,7 @@ impl Report {
     }
 
     pub fn markdown(&self, h: &Header) -> String {
-        let m = &h.machine;
-        let mut out = String::new();
-        let _ = writeln!(out, "## postback-bench, {}\n", m.date);
-        if h.quick {
-            let _ = writeln!(
-                out,
-                "**--quick run: reduced sizes and durations, a smoke test, not a measurement.**\n"
-            );
-        }
-        if h.interrupted {
-            let _ = writeln!(out, "**Interrupted: the figures below are incomplete.**\n");
-        }
-        let _ = writeln!(out, "- command: `{}`", h.command);
-        let _ = writeln!(
-            out,
-            "- machine: {} cores ({}), {} memory",
-            m.cores, m.cpu, m.mem_total
-        );
-        let _ = writeln!(out, "- PostgreSQL: {} ({})", m.postgres, h.durability);
-        let _ = writeln!(out, "- commit: {}", m.commit);
-        let _ = writeln!(out, "- Postback settings: {}", h.settings);
-        let _ = writeln!(
-            out,
-            "- PostgreSQL, Postback, the load generator and the receiver all on this machine, over loopback\n"
-        );
+        let mut out = header_markdown(h);
         let _ = writeln!(out, "| figure | value | target | met |");
         let _ = writeln!(out, "| --- | --- | --- | --- |");
         for r in &self.rows {
@@ -143,6 +192,37 @@ impl Report {
         }
         out
     }
+}
+
+/// The heading of a report: date, command, machine, PostgreSQL, commit,
+/// settings.
+pub fn header_markdown(h: &Header) -> String {
+    let m = &h.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "## postback-bench, {}\n", m.date);
+    if h.quick {
+        let _ = writeln!(
+            out,
+            "**--quick run: reduced sizes and durations, a smoke test, not a measurement.**\n"
+        );
+    }
+    if h.interrupted {
+        let _ = writeln!(out, "**Interrupted: the figures below are incomplete.**\n");
+    }
+    let _ = writeln!(out, "- command: `{}`", h.command);
+    let _ = writeln!(
+        out,
+        "- machine: {} cores ({}), {} memory",
+        m.cores, m.cpu, m.mem_total
+    );
+    let _ = writeln!(out, "- PostgreSQL: {} ({})", m.postgres, h.durability);
+    let _ = writeln!(out, "- commit: {}", m.commit);
+    let _ = writeln!(out, "- Postback settings: {}", h.settings);
+    let _ = writeln!(
+            out,
+            "- PostgreSQL, Postback, the load generator and the receiver all on this machine, over loopback\n"
+        );
+    out
 }
 
 /// `12,345` (rounded to an integer).

@@ -13,9 +13,11 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::ceiling::millis;
+use crate::figures as f;
 use crate::harness::{free_port, wait_ready, Child, Cpu, Mem, Pg};
 use crate::load::{self, ms, Api, Summary};
-use crate::report::{thousands, Report};
+use crate::report::{thousands, Better, Report};
 
 /// Sizes and durations of one run.
 #[derive(Debug, Clone)]
@@ -81,7 +83,7 @@ const RATES: [f64; 16] = [
 /// Requests one open-loop generator keeps waiting at most.
 const MAX_IN_FLIGHT: usize = 2048;
 /// Body of the callbacks (drain) and of the API requests (ingest, e2e).
-const BODY_BYTES: usize = 1024;
+pub const BODY_BYTES: usize = 1024;
 /// A step holds only while its p99 stays under this (no queue building up).
 const STEADY_P99: Duration = Duration::from_secs(1);
 const E2E_P99_TARGET: Duration = Duration::from_millis(50);
@@ -205,9 +207,9 @@ async fn bulk_insert(
                         now() + make_interval(secs => $4::float8 + (t.ord % $5::bigint)),
                         now() + interval '7 days'
                  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
-                 RETURNING id)
-             INSERT INTO postback.payloads (delivery_id, content_type, headers, body)
-             SELECT id, 'application/json', '{}'::jsonb, $3 FROM d",
+                 RETURNING id, host, customer_id)
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, body, host, customer_id)
+             SELECT id, 'application/json', '{}'::jsonb, $3, host, customer_id FROM d",
         )
         .bind(&ids)
         .bind(url)
@@ -227,6 +229,9 @@ async fn bulk_insert(
 struct Drain {
     rate: f64,
     elapsed: Duration,
+    /// CPU µs per delivery: postback, PostgreSQL.
+    cpu_us: (f64, f64),
+    wal_per_delivery: f64,
 }
 
 /// `n` due deliveries (behind `backlog` future ones) queued with no worker,
@@ -347,7 +352,13 @@ async fn drain_run(
     }
     rx.stop().await;
     ctx.pg.drop_db(db).await;
-    Ok(Drain { rate, elapsed })
+    let (postback_us, pg_us, _) = cpu.per(n);
+    Ok(Drain {
+        rate,
+        elapsed,
+        cpu_us: (postback_us, pg_us),
+        wal_per_delivery: wal / n as f64,
+    })
 }
 
 /// 1. drain.
@@ -355,6 +366,16 @@ pub async fn drain(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let n = ctx.plan.drain_n;
     let d = drain_run(ctx, report, "bench_drain", n, 0).await?;
     report.empty_drain_rate = Some(d.rate);
+    report.figure(f::DRAIN_RATE, d.rate, "/s", Better::Higher);
+    report.figure(f::DRAIN_CPU_POSTBACK, d.cpu_us.0, "µs", Better::Lower);
+    report.figure(f::DRAIN_CPU_PG, d.cpu_us.1, "µs", Better::Lower);
+    report.figure(f::DRAIN_WAL, d.wal_per_delivery, "B", Better::Lower);
+    report.row(
+        "drain: CPU per delivery, postback / PostgreSQL",
+        format!("{:.1} / {:.1} µs", d.cpu_us.0, d.cpu_us.1),
+        "",
+        None,
+    );
     report.row(
         format!(
             "drain: {} queued, then `postback worker`",
@@ -415,7 +436,13 @@ pub async fn ingest(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
-    println!("  {cpu} (warm-up included)\n  {waits}");
+    let (postback_us, pg_us, _) = cpu.per(res.ok_total);
+    println!(
+        "  {cpu} (warm-up included): postback {postback_us:.1} µs, PostgreSQL {pg_us:.1} µs per accepted request\n  {waits}"
+    );
+    report.figure(f::INGEST_RATE, rate, "req/s", Better::Higher);
+    report.figure(f::INGEST_CPU_POSTBACK, postback_us, "µs", Better::Lower);
+    report.figure(f::INGEST_CPU_PG, pg_us, "µs", Better::Lower);
     report.detail(format!("ingest: {cpu} (warm-up included); {waits}"));
     record_serve_peak(report, "ingest", mem);
     let pool = postback::store::connect(&url, &Schema::default(), 1).await?;
@@ -461,6 +488,8 @@ struct Step {
     holds: bool,
     why: String,
     cpu: String,
+    /// CPU µs per accepted delivery: postback, PostgreSQL.
+    cpu_us: (f64, f64),
 }
 
 /// Offers `rate` for `duration` and measures send → received of every
@@ -493,6 +522,7 @@ async fn step(
         })
         .await?;
     let cpu = ctx.cpu(serve).since(&cpu0);
+    let (postback_us, pg_us, _) = cpu.per(res.accepted.len() as u64);
     let waits = waits.finish().await;
     let (wal, commits) = ctx.pg.delta(&probe0, &ctx.pg.probe().await?).await?;
     let per = res.accepted.len().max(1) as f64;
@@ -550,6 +580,7 @@ async fn step(
         holds: why.is_empty(),
         why: why.join("; "),
         cpu,
+        cpu_us: (postback_us, pg_us),
     })
 }
 
@@ -621,6 +652,11 @@ pub async fn end_to_end(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ),
         None => "below 500/s".to_owned(),
     };
+    if let Some(s) = slo {
+        report.figure(f::E2E_RATE, s.rate, "/s", Better::Higher);
+        report.figure(f::E2E_CPU_POSTBACK, s.cpu_us.0, "µs", Better::Lower);
+        report.figure(f::E2E_CPU_PG, s.cpu_us.1, "µs", Better::Lower);
+    }
     report.row(
         "end to end: highest rate held with p99 < 50 ms (send → received)",
         describe(slo),
@@ -683,6 +719,9 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         if s.holds { String::new() } else { format!(" ({})", s.why) }
     );
     println!("  {}", s.cpu);
+    report.figure(f::LIGHT_P50, millis(s.latency.p50), "ms", Better::Lower);
+    report.figure(f::LIGHT_P99, millis(s.latency.p99), "ms", Better::Lower);
+    report.figure(f::LIGHT_CPU_POSTBACK, s.cpu_us.0, "µs", Better::Lower);
     let mem = serve.stop(STOP_GRACE).await?;
     record_serve_peak(report, "light load", mem);
     rx.stop().await;

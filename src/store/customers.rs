@@ -244,8 +244,10 @@ pub async fn erase_batch(
     batch: i64,
 ) -> Result<u64> {
     let deliveries = sqlx::query(&schema.sql(
+        // Found through the payloads' customer index (payloads_customer_created):
+        // deliveries has no index on its customer (see the 000600 migration).
         "DELETE FROM postback.deliveries WHERE id IN (
-             SELECT id FROM postback.deliveries WHERE customer_id = $1 LIMIT $2)",
+             SELECT delivery_id FROM postback.payloads WHERE customer_id = $1 LIMIT $2)",
     ))
     .bind(id)
     .bind(batch)
@@ -267,19 +269,42 @@ pub async fn erase_batch(
 /// Deletes the row of a customer whose rows are all erased. `false` when
 /// rows still reference it (written while it was being erased): erase
 /// again.
-pub async fn delete_row<'e, E: PgExecutor<'e>>(db: E, schema: &Schema, id: &str) -> Result<bool> {
+///
+/// The row is taken FOR UPDATE first, which waits for every intake that
+/// holds it FOR KEY SHARE (a batch writing a delivery of this customer,
+/// see `deliveries::insert_leased`) to commit; the check that nothing is
+/// left then runs on a snapshot that sees those rows. Intakes that come
+/// later wait for this transaction and then find no customer.
+pub async fn delete_row(conn: &mut PgConnection, schema: &Schema, id: &str) -> Result<bool> {
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let locked: Option<i32> = sqlx::query_scalar(&schema.sql(
+        "SELECT 1 FROM postback.customers WHERE id = $1 AND deleted_at IS NOT NULL FOR UPDATE",
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if locked.is_none() {
+        return Ok(false);
+    }
     let done = sqlx::query(&schema.sql(
-        "DELETE FROM postback.customers WHERE id = $1 AND deleted_at IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM postback.deliveries WHERE customer_id = $1)
+        "DELETE FROM postback.customers WHERE id = $1
+           AND NOT EXISTS (SELECT 1 FROM postback.payloads WHERE customer_id = $1)
            AND NOT EXISTS (SELECT 1 FROM postback.jobs WHERE customer_id = $1)",
     ))
     .bind(id)
-    .execute(db)
+    .execute(&mut *tx)
     .await;
     match done {
-        Ok(done) => Ok(done.rows_affected() == 1),
-        // A row inserted between the check and the delete.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => Ok(false),
+        Ok(done) => {
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        }
+        // A job inserted between the check and the delete (jobs keep their
+        // foreign key: a job is one row, not a batch of them).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => {
+            tx.rollback().await?;
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -184,9 +184,11 @@ async fn insert_rows(
     // stored gets its `created_at` refreshed: the purge of unreferenced
     // bodies then skips it (it rechecks that column on the locked row).
     //
-    // Rows of unknown or departing customers are filtered out by the join
-    // (the foreign key alone would let a customer being erased take new
-    // rows); the count tells the caller. A delivery to an origin whose
+    // Rows of unknown or departing customers are filtered out by the join;
+    // the count tells the caller. The customers named are locked FOR KEY
+    // SHARE, once per batch (there is no foreign key: its trigger took the
+    // same lock once per row), so an erasure cannot delete a customer's row
+    // while a delivery of it is being written (`customers::delete_row`). A delivery to an origin whose
     // breaker is open is born held (never leased): it waits for the probe,
     // at most until its horizon.
     let (stored, held): (i64, Vec<Uuid>) = sqlx::query_as(&schema.sql(
@@ -195,6 +197,10 @@ async fn insert_rows(
              SELECT * FROM unnest($15::bytea[], $16::bytea[])
              ON CONFLICT (hash) DO UPDATE SET created_at = now()
              RETURNING 1),
+         c AS (
+             SELECT id FROM postback.customers
+             WHERE id = ANY($17::text[]) AND deleted_at IS NULL
+             FOR KEY SHARE),
          d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
                                               next_attempt_at, held_due, expires_at, state, lease)
@@ -208,13 +214,15 @@ async fn insert_rows(
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                          $7::timestamptz[], $8::uuid[], $9::float8[], $17::text[], $18::text[])
                   AS t(id, job_id, kind, method, url, host, expires_at, lease, lease_secs, customer_id, origin)
-             LEFT JOIN postback.customers c ON c.id = t.customer_id
+             LEFT JOIN c ON c.id = t.customer_id
              LEFT JOIN postback.destinations o ON o.origin = t.origin AND o.state = 'open'
-             WHERE t.customer_id IS NULL OR (c.id IS NOT NULL AND c.deleted_at IS NULL)
-             RETURNING id, held_due IS NOT NULL AS held),
+             WHERE t.customer_id IS NULL OR c.id IS NOT NULL
+             RETURNING id, host, customer_id, held_due IS NOT NULL AS held),
          p AS (
-             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body_hash, file_path)
-             SELECT u.* FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body_hash, file_path,
+                                            host, customer_id)
+             SELECT u.*, d.host, d.customer_id
+             FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
                   AS u(id, content_type, headers, auth, body_hash, file_path)
              JOIN d ON d.id = u.id
              RETURNING delivery_id)
@@ -270,6 +278,9 @@ pub async fn insert_one(
     let (stored, held): (i64, bool) = sqlx::query_as(&schema.sql(
         "WITH o AS (
              SELECT hold_secs FROM postback.destinations WHERE origin = $17 AND state = 'open'),
+         c AS (
+             SELECT id FROM postback.customers WHERE id = $16 AND deleted_at IS NULL
+             FOR KEY SHARE),
          d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
                                               next_attempt_at, held_due, expires_at, state, lease)
@@ -280,12 +291,12 @@ pub async fn insert_one(
                     $7,
                     CASE WHEN $15::uuid IS NULL OR EXISTS (SELECT 1 FROM o) THEN 'pending' ELSE 'delivering' END,
                     CASE WHEN NOT EXISTS (SELECT 1 FROM o) THEN $15 END
-             WHERE $16::text IS NULL OR EXISTS (
-                 SELECT 1 FROM postback.customers WHERE id = $16 AND deleted_at IS NULL)
+             WHERE $16::text IS NULL OR EXISTS (SELECT 1 FROM c)
              RETURNING id, held_due IS NOT NULL AS held),
          p AS (
-             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path)
-             SELECT id, $8, $9, $10, $11, $12 FROM d
+             INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body, file_path,
+                                            host, customer_id)
+             SELECT id, $8, $9, $10, $11, $12, $6, $16 FROM d
              RETURNING delivery_id)
          SELECT count(*), coalesce(bool_or(d.held), false)
          FROM p JOIN d ON d.id = p.delivery_id,

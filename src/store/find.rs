@@ -4,8 +4,10 @@
 //!
 //! It owns the statements and their shape: newest first (or oldest first
 //! for replays), keyset paged on `(created_at, id)` so a page is one range
-//! scan of the indexes of `migrations/20261202000400_delivery_listing.sql`,
-//! and replays written `REPLAY_BATCH` ids per `UPDATE … FROM unnest`. It
+//! scan of an index: `payloads`' listing indexes
+//! (`migrations/20261202000600_listing_on_payloads.sql`: written once per
+//! delivery, never on a state change), or `deliveries`' `failed` ones when
+//! the filter is `failed`; and replays written `REPLAY_BATCH` ids per `UPDATE … FROM unnest`. It
 //! must not parse wire input (that is `intake::find`'s) nor decide who may
 //! replay what.
 
@@ -116,6 +118,48 @@ impl SummaryRow {
     }
 }
 
+/// The table a listing's rows are chosen on, and so the columns its
+/// filters and its order name (the same values in both tables: `payloads`
+/// copies `created_at`, `host` and `customer_id` when the delivery is
+/// queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// `payloads`' indexes (created, host, customer): every filter but
+    /// `failed`.
+    Payloads,
+    /// `deliveries`' partial `failed` indexes: only failed rows are in them.
+    Failed,
+}
+
+impl Drive {
+    fn of(q: &Query) -> Drive {
+        if q.status == Some(DeliveryState::Failed) {
+            Drive::Failed
+        } else {
+            Drive::Payloads
+        }
+    }
+
+    /// `(created_at, id, host, customer_id)` of the driving table.
+    fn columns(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Drive::Payloads => ("p.created_at", "p.delivery_id", "p.host", "p.customer_id"),
+            Drive::Failed => ("d.created_at", "d.id", "d.host", "d.customer_id"),
+        }
+    }
+
+    fn from(self) -> &'static str {
+        match self {
+            Drive::Payloads => {
+                " FROM postback.payloads p JOIN postback.deliveries d ON d.id = p.delivery_id WHERE "
+            }
+            Drive::Failed => {
+                " FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id WHERE "
+            }
+        }
+    }
+}
+
 /// Appends `FROM … WHERE …` for `q` (and the keyset bound after `after`).
 /// Only the predicates in use are written, so the planner sees constants
 /// and picks the matching index on every call (a `$1 IS NULL OR …` form
@@ -127,8 +171,10 @@ fn push_where(
     after: Option<Key>,
     order: Order,
 ) {
+    let drive = Drive::of(q);
+    let (created, id, host, customer) = drive.columns();
+    b.push(schema.sql(drive.from()));
     // Retention keeps every delivery that is not final (SPEC §3).
-    b.push(schema.sql(" FROM postback.deliveries d WHERE "));
     b.push(super::LIVE_SQL);
     match q.status {
         None => {}
@@ -144,23 +190,25 @@ fn push_where(
             b.push(" AND d.state = ").push_bind(state);
         }
     }
-    if let Some(customer) = &q.customer {
-        b.push(" AND d.customer_id = ").push_bind(customer.clone());
+    if let Some(c) = &q.customer {
+        b.push(format!(" AND {customer} = ")).push_bind(c.clone());
     }
     if let Some(job) = &q.job {
         b.push(" AND d.job_id = ").push_bind(job.clone());
     }
-    if let Some(host) = &q.host {
-        b.push(" AND d.host = ").push_bind(host.clone());
+    if let Some(h) = &q.host {
+        b.push(format!(" AND {host} = ")).push_bind(h.clone());
     }
     if let Some(since) = q.since {
-        b.push(" AND d.created_at >= ").push_bind(since);
+        b.push(format!(" AND {created} >= ")).push_bind(since);
     }
     if let Some(until) = q.until {
-        b.push(" AND d.created_at < ").push_bind(until);
+        b.push(format!(" AND {created} < ")).push_bind(until);
     }
     if let Some(ids) = &q.ids {
-        b.push(" AND d.id = ANY(").push_bind(ids.clone()).push(")");
+        b.push(format!(" AND {id} = ANY("))
+            .push_bind(ids.clone())
+            .push(")");
     }
     if let Some(key) = after {
         // Row comparison: one index condition on (created_at, id).
@@ -168,7 +216,7 @@ fn push_where(
             Order::NewestFirst => "<",
             Order::OldestFirst => ">",
         };
-        b.push(format!(" AND (d.created_at, d.id) {op} ("))
+        b.push(format!(" AND ({created}, {id}) {op} ("))
             .push_bind(key.created_at)
             .push(", ")
             .push_bind(key.id)
@@ -176,10 +224,11 @@ fn push_where(
     }
 }
 
-fn order_by(order: Order) -> &'static str {
+fn order_by(drive: Drive, order: Order) -> String {
+    let (created, id, _, _) = drive.columns();
     match order {
-        Order::NewestFirst => " ORDER BY d.created_at DESC, d.id DESC",
-        Order::OldestFirst => " ORDER BY d.created_at, d.id",
+        Order::NewestFirst => format!(" ORDER BY {created} DESC, {id} DESC"),
+        Order::OldestFirst => format!(" ORDER BY {created}, {id}"),
     }
 }
 
@@ -192,21 +241,17 @@ fn page_query<'a>(
     order: Order,
     limit: i64,
 ) -> QueryBuilder<'a, Postgres> {
+    // The page is chosen on one index (range scan + LIMIT); the other
+    // table is joined by primary key for the page's rows only.
     let mut b = QueryBuilder::new(format!(
         "{prefix}SELECT d.id, d.job_id, d.customer_id, d.kind, d.method, d.url, d.host,
                 {SHOWN_STATE} AS state, d.attempts, d.last_status_code, d.last_error,
                 d.created_at, d.queued_at, {SHOWN_NEXT_ATTEMPT} AS next_attempt_at, d.completed_at,
-                p.content_type, p.headers
-         FROM ("
+                p.content_type, p.headers"
     ));
-    // The page is chosen on `deliveries` alone (index scan + LIMIT), and
-    // only its rows are joined with their payloads.
-    b.push("SELECT d.*");
     push_where(&mut b, schema, q, after, order);
-    b.push(order_by(order));
+    b.push(order_by(Drive::of(q), order));
     b.push(" LIMIT ").push_bind(limit);
-    b.push(schema.sql(") d JOIN postback.payloads p ON p.delivery_id = d.id"));
-    b.push(order_by(order));
     b
 }
 
@@ -255,7 +300,7 @@ pub async fn keys<'e, E: PgExecutor<'e>>(
 ) -> Result<Vec<Key>> {
     let mut b = QueryBuilder::new("SELECT d.created_at, d.id");
     push_where(&mut b, schema, q, after, order);
-    b.push(order_by(order));
+    b.push(order_by(Drive::of(q), order));
     b.push(" LIMIT ").push_bind(limit);
     let rows: Vec<(OffsetDateTime, Uuid)> = b.build_query_as().fetch_all(db).await?;
     Ok(rows
@@ -291,7 +336,7 @@ pub async fn count_by_host<'e, E: PgExecutor<'e>>(
     let mut b = QueryBuilder::new("SELECT host, count(*) FROM (SELECT d.host");
     push_where(&mut b, schema, q, None, Order::OldestFirst);
     if let Some(cap) = cap {
-        b.push(order_by(Order::OldestFirst));
+        b.push(order_by(Drive::of(q), Order::OldestFirst));
         b.push(" LIMIT ").push_bind(cap);
     }
     b.push(") m GROUP BY host ORDER BY count(*) DESC, host");

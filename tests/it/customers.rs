@@ -698,3 +698,151 @@ async fn one_customer_never_holds_more_than_its_limit_and_others_keep_flowing() 
         "the other customer's deliveries kept their latency: {latencies:?}"
     );
 }
+
+/// Deliveries written while their customer is being erased never outlive
+/// it: intake locks the customer row per batch (there is no foreign key on
+/// `deliveries.customer_id`), and erasure deletes the row only after taking
+/// it FOR UPDATE and finding nothing left. Every request is either erased
+/// with the customer or refused as `unknown_customer`.
+#[tokio::test]
+async fn deliveries_racing_an_erasure_are_erased_or_refused_never_orphaned() {
+    let app = TestApp::spawn().await;
+    let rx = Receiver::start().await;
+    rx.always(crate::helpers::Answer::status(500));
+    put(&app, "/v1/customers/racing", json!({})).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let http = app.http.clone();
+        let url = app.url("/v1/deliveries");
+        let target = rx.url(&format!("/w{w}"));
+        let stop = stop.clone();
+        writers.spawn(async move {
+            let (mut accepted, mut refused) = (0u32, 0u32);
+            // Bounded: at most 300 requests per writer.
+            for _ in 0..300 {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"url": target, "customerId": "racing", "json": {}}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap();
+                match status {
+                    202 => accepted += 1,
+                    400 => {
+                        assert_eq!(code(&body), "unknown_customer", "{body}");
+                        refused += 1;
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            (accepted, refused)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = app
+        .http
+        .delete(app.url("/v1/customers/racing"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(done) = writers.join_next().await {
+        let (a, r) = done.unwrap();
+        accepted += a;
+        refused += r;
+    }
+    assert!(accepted > 0, "no delivery was written before the erasure");
+    assert!(refused > 0, "no delivery was refused after the erasure");
+    // The erasure of rows that committed while DELETE ran is finished by
+    // the DELETE itself or, if any came after its last pass, by the next
+    // retention pass; wait for the customer's row to go, bounded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (customers, payloads, deliveries): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM postback.customers WHERE id = 'racing'),
+                    (SELECT count(*) FROM postback.payloads WHERE customer_id = 'racing'),
+                    (SELECT count(*) FROM postback.deliveries WHERE customer_id = 'racing')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if customers == 0 {
+            assert_eq!(
+                (payloads, deliveries),
+                (0, 0),
+                "rows of the erased customer outlived it ({accepted} accepted, {refused} refused)"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the customer row is still there after 20 s ({payloads} payloads, {deliveries} deliveries left)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+/// The deterministic form of the race above: a delivery whose batch is
+/// still uncommitted holds its customer's row FOR KEY SHARE, so erasure
+/// waits for it, then erases it too, and only then deletes the customer.
+#[tokio::test]
+async fn an_erasure_waits_for_a_delivery_being_written_and_erases_it_too() {
+    use postback::store::{customers, deliveries, Schema};
+    let app = TestApp::spawn().await;
+    put(&app, "/v1/customers/slow-writer", json!({})).await;
+    let schema = Schema::default();
+    let mut writer = app.pool.begin().await.unwrap();
+    let mut row = deliveries::NewDelivery::generic_json(
+        "http://127.0.0.1:9/x",
+        b"{}".to_vec(),
+        time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    );
+    row.customer_id = Some("slow-writer".into());
+    deliveries::insert(&mut writer, &schema, &[row])
+        .await
+        .unwrap();
+
+    let pool = app.pool.clone();
+    let eraser = tokio::spawn(async move {
+        let schema = Schema::default();
+        let mut conn = pool.acquire().await.unwrap();
+        assert!(customers::mark_deleted(&mut conn, &schema, "slow-writer")
+            .await
+            .unwrap());
+        customers::erase(&mut conn, &schema, "slow-writer", 1000)
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !eraser.is_finished(),
+        "the erasure finished while a delivery of the customer was being written"
+    );
+    writer.commit().await.unwrap();
+    let erased = tokio::time::timeout(Duration::from_secs(10), eraser)
+        .await
+        .expect("the erasure did not finish after the writer committed")
+        .unwrap();
+    assert_eq!(erased, 1, "the delivery written meanwhile was not erased");
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM postback.customers WHERE id = 'slow-writer'),
+                (SELECT count(*) FROM postback.payloads WHERE customer_id = 'slow-writer'),
+                (SELECT count(*) FROM postback.deliveries WHERE customer_id = 'slow-writer')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0));
+    app.stop().await;
+}

@@ -58,9 +58,9 @@ pub async fn fill(
                     CASE WHEN $3 IN ('failed', 'delivered') THEN now() END,
                     now() + interval '7 days', $6
              FROM generate_series(1, $4) g
-             RETURNING id)
-         INSERT INTO postback.payloads (delivery_id, content_type, headers, body)
-         SELECT id, 'application/json', '{\"x-key\": \"secret\"}', '{}' FROM d",
+             RETURNING id, created_at, host, customer_id)
+         INSERT INTO postback.payloads (delivery_id, content_type, headers, body, created_at, host, customer_id)
+         SELECT id, 'application/json', '{\"x-key\": \"secret\"}', '{}', created_at, host, customer_id FROM d",
     )
     .bind(url)
     .bind(host)
@@ -586,7 +586,7 @@ async fn listing_the_newest_failed_deliveries_among_200k_is_an_index_scan() {
         .unwrap();
     let schema = Schema::default();
     let cases = [
-        ("newest", "deliveries_created", Query::default()),
+        ("newest", "payloads_created", Query::default()),
         (
             "failed of one customer",
             "deliveries_failed_customer",
@@ -615,7 +615,7 @@ async fn listing_the_newest_failed_deliveries_among_200k_is_an_index_scan() {
         ),
         (
             "one customer",
-            "deliveries_customer_created",
+            "payloads_customer_created",
             Query {
                 customer: Some("globex".into()),
                 ..Query::default()
@@ -623,7 +623,7 @@ async fn listing_the_newest_failed_deliveries_among_200k_is_an_index_scan() {
         ),
         (
             "one host",
-            "deliveries_host_created",
+            "payloads_host_created",
             Query {
                 host: Some("c.example".into()),
                 ..Query::default()
