@@ -171,6 +171,11 @@ const COMMANDS: &[&[&str]] = &[
     &["replay"],
     &["purge"],
     &["listen"],
+    &["healthcheck"],
+    &["destinations", "list"],
+    &["destinations", "reset"],
+    &["customers", "secret", "rotate"],
+    &["secrets", "reencrypt"],
 ];
 
 struct Cli {
@@ -211,12 +216,13 @@ fn cli() -> &'static Cli {
 /// Returns the command path.
 fn check_invocation(words: &[&str], context: &str) -> String {
     let cli = cli();
-    let first = words.first().copied().unwrap_or("");
-    let path = if first == "deliveries" {
-        format!("deliveries {}", words.get(1).copied().unwrap_or(""))
-    } else {
-        first.to_owned()
-    };
+    // The longest command path the words start with.
+    let path = COMMANDS
+        .iter()
+        .filter(|c| words.len() >= c.len() && words[..c.len()] == c[..])
+        .max_by_key(|c| c.len())
+        .map(|c| c.join(" "))
+        .unwrap_or_else(|| words.iter().take(2).copied().collect::<Vec<_>>().join(" "));
     let flags = cli
         .flags
         .get(&path)
@@ -786,17 +792,37 @@ fn promtool_accepts_rules_rule_tests_config_and_dashboard_queries() {
 // ---------------------------------------------------------------------------
 // Containers
 
-#[test]
-fn dockerfile_builds_the_locked_binary_and_runs_it_unprivileged() {
+/// The instructions of the Dockerfile, comments and blank lines left out,
+/// continuation lines joined.
+fn dockerfile_instructions() -> Vec<String> {
     let text = read(&deploy().join("Dockerfile"));
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .collect();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head.trim_end());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dockerfile_builds_the_stripped_locked_binary_into_distroless_unprivileged() {
+    let text = read(&deploy().join("Dockerfile"));
+    let lines = dockerfile_instructions();
     let froms: Vec<&str> = lines
         .iter()
-        .copied()
+        .map(String::as_str)
         .filter(|l| l.starts_with("FROM "))
         .collect();
     assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
@@ -806,11 +832,58 @@ fn dockerfile_builds_the_locked_binary_and_runs_it_unprivileged() {
         froms[0]
     );
     let stage = froms[0].rsplit(' ').next().unwrap();
-    assert_eq!(froms[1], "FROM debian:bookworm-slim");
-    assert!(text.contains("cargo build --release --locked --bin postback"));
-    assert!(text.contains(&format!("COPY --from={stage} ")));
-    assert!(text.contains("ca-certificates"));
-    let user = lines
+    // Distroless with the C runtime: the binary links glibc and libgcc_s.
+    assert_eq!(froms[1], "FROM gcr.io/distroless/cc-debian12");
+    let build = lines
+        .iter()
+        .find(|l| l.contains("cargo build"))
+        .expect("a cargo build");
+    assert!(
+        build.contains("cargo build --profile dist --locked --bin postback"),
+        "{build}"
+    );
+    assert!(build.contains("target/dist/postback"), "{build}");
+    // The `dist` profile is the release build, stripped, without debug info.
+    // The `dist` profile is the release build, stripped, without debug
+    // info (TOML, read line by line: one flat table).
+    let toml = read(&root().join("Cargo.toml"));
+    let table = toml
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("Cargo.toml has [profile.dist]");
+    let dist: BTreeMap<&str, &str> = table
+        .split("\n[")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+        .collect();
+    assert_eq!(dist.get("inherits"), Some(&"release"), "{dist:?}");
+    assert!(
+        matches!(dist.get("strip"), Some(&"true" | &"symbols")),
+        "[profile.dist] strip: {dist:?}"
+    );
+    assert!(
+        matches!(dist.get("debug"), Some(&"false" | &"0" | &"none")),
+        "[profile.dist] debug: {dist:?}"
+    );
+    // The final stage runs no command: the image has no shell to run it.
+    let final_stage: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .skip_while(|l| *l != froms[1])
+        .collect();
+    for l in &final_stage {
+        assert!(
+            !l.starts_with("RUN "),
+            "the distroless stage cannot RUN (no shell): {l}"
+        );
+    }
+    assert!(final_stage
+        .iter()
+        .any(|l| l.starts_with(&format!("COPY --from={stage} /usr/local/bin/postback "))));
+    let user = final_stage
         .iter()
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
@@ -822,10 +895,42 @@ fn dockerfile_builds_the_locked_binary_and_runs_it_unprivileged() {
         .parse()
         .expect("numeric USER");
     assert!(uid > 0, "runs as root");
-    assert!(lines.contains(&r#"ENTRYPOINT ["postback"]"#));
-    assert!(lines.contains(&r#"CMD ["serve"]"#));
-    assert!(lines.contains(&"EXPOSE 8080"));
+    // The Kubernetes pods run as the same uid.
+    for (file, d) in k8s_docs() {
+        if matches!(s(&d, "kind"), "Deployment" | "Job") {
+            let pod = get(&d, "spec.template.spec");
+            assert_eq!(
+                get(pod, "securityContext.runAsUser").as_u64(),
+                Some(u64::from(uid)),
+                "{file}: runAsUser differs from the image's USER"
+            );
+        }
+    }
+    assert!(final_stage.contains(&r#"ENTRYPOINT ["postback"]"#));
+    assert!(final_stage.contains(&r#"CMD ["serve"]"#));
+    assert!(final_stage.contains(&"EXPOSE 8080"));
     assert!(text.contains("POSTBACK_LISTEN=0.0.0.0:8080"));
+    // HEALTHCHECK in exec form (a JSON array: no shell) running
+    // `postback healthcheck`, with its timeout above the command's own.
+    let health = final_stage
+        .iter()
+        .find_map(|l| l.strip_prefix("HEALTHCHECK "))
+        .expect("a HEALTHCHECK");
+    let (options, command) = health.split_once("CMD ").expect("HEALTHCHECK … CMD");
+    let words: Vec<String> = serde_json::from_str(command.trim())
+        .unwrap_or_else(|e| panic!("HEALTHCHECK CMD is not exec form ({e}): {command}"));
+    assert_eq!(&words[..2], ["postback", "healthcheck"], "{words:?}");
+    let refs: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    check_invocation(&refs, "Dockerfile HEALTHCHECK");
+    let option = |name: &str| {
+        options
+            .split_whitespace()
+            .find_map(|o| o.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("HEALTHCHECK --{name}"))
+    };
+    assert!(duration(option("timeout")) > HEALTHCHECK_OWN_TIMEOUT);
+    duration(option("interval"));
+    duration(option("start-period"));
     check_env_mentions(&text, "Dockerfile");
     // The binary the Dockerfile builds must exist under that name, and the
     // build context must carry what `cargo build` reads.
@@ -842,6 +947,21 @@ fn dockerfile_builds_the_locked_binary_and_runs_it_unprivileged() {
         assert!(!ignored.contains(needed), "{needed} is ignored");
         assert!(root().join(needed).exists(), "{needed}");
     }
+}
+
+/// How long `postback healthcheck` itself waits for `/readyz`
+/// (src/cli/healthcheck.rs): a container engine's timeout must be longer,
+/// or a slow answer reads as a hung check.
+const HEALTHCHECK_OWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Dockerfile's HEALTHCHECK command, as words.
+fn dockerfile_healthcheck() -> Vec<String> {
+    let line = dockerfile_instructions()
+        .into_iter()
+        .find(|l| l.starts_with("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    let command = line.split_once("CMD ").expect("CMD").1.trim().to_owned();
+    serde_json::from_str(&command).expect("exec form")
 }
 
 fn compose() -> Yaml {
@@ -917,9 +1037,26 @@ fn compose_runs_postgres_migrate_api_workers_and_prometheus() {
     // Scalable: no fixed host port, no container_name.
     let worker = get(&doc, "services.worker");
     assert!(opt(worker, "ports").is_none() && opt(worker, "container_name").is_none());
-    // The API healthcheck asks /readyz on the port it listens on.
-    let health = words_of(get(&doc, "services.api.healthcheck.test")).join(" ");
-    assert!(health.contains("/dev/tcp/127.0.0.1/8080") && health.contains("GET /readyz"));
+    // The API healthcheck is `postback healthcheck` on the port it listens
+    // on (the image has no shell); worker and migrate turn the image's
+    // HEALTHCHECK off, as they serve no /readyz.
+    let health = words_of(get(&doc, "services.api.healthcheck.test"));
+    assert_eq!(
+        &health[..3],
+        ["CMD", "postback", "healthcheck"],
+        "{health:?}"
+    );
+    let refs: Vec<&str> = health[2..].iter().map(String::as_str).collect();
+    check_invocation(&refs, "compose api healthcheck");
+    assert!(health.join(" ").contains("http://127.0.0.1:8080"));
+    assert!(duration(s(&doc, "services.api.healthcheck.timeout")) > HEALTHCHECK_OWN_TIMEOUT);
+    for svc in ["worker", "migrate"] {
+        assert_eq!(
+            get(&doc, &format!("services.{svc}.healthcheck.disable")).as_bool(),
+            Some(true),
+            "{svc} inherits the image's HEALTHCHECK of the API"
+        );
+    }
     // Prometheus mounts files that exist.
     assert!(s(&doc, "services.prometheus.image").starts_with("prom/prometheus:"));
     let mut mounted = BTreeSet::new();
@@ -935,46 +1072,70 @@ fn compose_runs_postgres_migrate_api_workers_and_prometheus() {
     assert!(mounted.contains("/etc/prometheus/alerts.yml"));
 }
 
-#[test]
-fn api_healthcheck_really_speaks_http_to_a_listener() {
-    // The compose healthcheck is a bash one-liner; run it against a tiny
-    // HTTP server on an ephemeral port to see that it detects 200 and 503.
-    if which("bash").is_none() {
-        println!("SKIPPED: no bash to run the compose healthcheck with");
-        return;
-    }
-    let doc = compose();
-    let test = words_of(get(&doc, "services.api.healthcheck.test"));
-    assert_eq!(&test[..3], ["CMD", "bash", "-c"]);
-    let script = test[3].clone();
-    for (status, healthy) in [("200 OK", true), ("503 Service Unavailable", false)] {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            use std::io::{BufRead, BufReader, Write};
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            reader.read_line(&mut first).unwrap();
-            // Read the whole request head before answering and closing.
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
-                    break;
-                }
+/// A one-request HTTP server on an ephemeral loopback port answering
+/// `status`; returns its port and the request line it received.
+fn one_shot_server(status: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        // Read the whole request head before answering and closing.
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                break;
             }
-            let _ = write!(stream, "HTTP/1.0 {status}\r\ncontent-length: 0\r\n\r\n");
-            first
-        });
-        let ok = Command::new("bash")
-            .arg("-c")
-            .arg(script.replace("127.0.0.1/8080", &format!("127.0.0.1/{port}")))
-            .status()
-            .unwrap()
-            .success();
-        let request = server.join().unwrap();
-        assert_eq!(request.trim_end(), "GET /readyz HTTP/1.0");
-        assert_eq!(ok, healthy, "healthcheck against {status}");
+        }
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        first
+    });
+    (port, server)
+}
+
+#[test]
+fn the_image_and_compose_healthchecks_really_ask_readyz() {
+    // Run the HEALTHCHECK commands of the Dockerfile and the compose file
+    // with the binary cargo built, pointed at a tiny server on an
+    // ephemeral port, to see that they tell 200 from 503.
+    let compose = words_of(get(&compose(), "services.api.healthcheck.test"));
+    for (origin, words) in [
+        ("Dockerfile", dockerfile_healthcheck()),
+        ("compose", compose[1..].to_vec()),
+    ] {
+        assert_eq!(words[0], "postback", "{origin}: {words:?}");
+        // The default URL is the API port of the image (EXPOSE 8080).
+        let mut args: Vec<String> = words[1..].to_vec();
+        match args.iter().position(|a| a == "--url") {
+            Some(i) => assert_eq!(args[i + 1], "http://127.0.0.1:8080", "{origin}"),
+            None => assert!(
+                help(&["healthcheck"]).contains("[default: http://127.0.0.1:8080]"),
+                "{origin}: healthcheck's default URL is not the image's API port"
+            ),
+        }
+        for (status, healthy) in [("200 OK", true), ("503 Service Unavailable", false)] {
+            let (port, server) = one_shot_server(status);
+            let url = format!("http://127.0.0.1:{port}");
+            match args.iter().position(|a| a == "--url") {
+                Some(i) => args[i + 1] = url,
+                None => args.extend(["--url".to_owned(), url]),
+            }
+            let ok = Command::new(env!("CARGO_BIN_EXE_postback"))
+                .args(&args)
+                .output()
+                .expect("run postback healthcheck")
+                .status
+                .success();
+            let request = server.join().unwrap();
+            assert_eq!(request.trim_end(), "GET /readyz HTTP/1.1", "{origin}");
+            assert_eq!(ok, healthy, "{origin}: healthcheck against {status}");
+        }
     }
 }
 
@@ -1064,10 +1225,29 @@ fn kubernetes_manifests_are_consistent_with_each_other_and_the_binary() {
             let grace = get(pod, "terminationGracePeriodSeconds")
                 .as_u64()
                 .expect("grace");
-            assert!(
-                Duration::from_secs(grace) > timeout,
-                "{ctx}: terminationGracePeriodSeconds {grace} <= attempt timeout {timeout:?}"
-            );
+            // The preStop drain runs before SIGTERM and inside the grace
+            // period: the attempts in flight must still fit after it. It is
+            // the kubelet's sleep action: the image has no shell or `sleep`.
+            for c in seq(pod, "containers") {
+                let pre_stop = get(c, "lifecycle.preStop");
+                assert!(
+                    opt(pre_stop, "exec").is_none(),
+                    "{ctx}: preStop exec needs a shell the image lacks"
+                );
+                let drain = get(pre_stop, "sleep.seconds")
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{ctx}: preStop.sleep.seconds"));
+                assert!(
+                    drain >= 5,
+                    "{ctx}: a {drain} s drain is too short for endpoints to catch up"
+                );
+                assert!(
+                    Duration::from_secs(grace) > Duration::from_secs(drain) + timeout,
+                    "{ctx}: terminationGracePeriodSeconds {grace} <= preStop {drain} s + attempt timeout {timeout:?}"
+                );
+                // What a PodDisruptionBudget counts as available.
+                assert!(opt(c, "readinessProbe").is_some(), "{ctx}: readinessProbe");
+            }
         } else {
             assert_eq!(s(pod, "restartPolicy"), "Never", "{ctx}");
         }
@@ -1140,6 +1320,14 @@ fn kubernetes_manifests_are_consistent_with_each_other_and_the_binary() {
                         _ => &["/metrics"],
                     };
                     assert!(allowed.contains(&path), "{ctx}: {probe} {path}");
+                    if command == "serve" {
+                        assert!(
+                            postback::api::routes()
+                                .iter()
+                                .any(|(m, p)| *m == "GET" && p == path),
+                            "{ctx}: {probe} {path} is not a GET route of the API"
+                        );
+                    }
                 }
             }
             match command.as_str() {
@@ -1178,6 +1366,54 @@ fn kubernetes_manifests_are_consistent_with_each_other_and_the_binary() {
     let target = s(hpa, "spec.scaleTargetRef.name");
     find(&docs, "Deployment", target);
     assert_eq!(s(hpa, "spec.metrics.0.resource.name"), "cpu");
+
+    // A PodDisruptionBudget per Deployment, selecting its pods and only
+    // them, that still lets a node drain evict one.
+    let deployments: Vec<&Yaml> = docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| s(d, "kind") == "Deployment")
+        .collect();
+    let selects = |selector: &Yaml, d: &Yaml| {
+        let labels = get(d, "spec.template.metadata.labels")
+            .as_mapping()
+            .unwrap();
+        get(selector, "matchLabels")
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    };
+    for d in &deployments {
+        let name = s(d, "metadata.name");
+        let pdb = find(&docs, "PodDisruptionBudget", name);
+        assert_eq!(s(pdb, "apiVersion"), "policy/v1", "{name}: PDB");
+        let selector = get(pdb, "spec.selector");
+        for other in &deployments {
+            assert_eq!(
+                selects(selector, other),
+                s(other, "metadata.name") == name,
+                "PDB {name} and the pods of {}",
+                s(other, "metadata.name")
+            );
+        }
+        let spec = get(pdb, "spec");
+        let replicas = get(d, "spec.replicas").as_u64().unwrap();
+        match (opt(spec, "minAvailable"), opt(spec, "maxUnavailable")) {
+            (Some(min), None) => {
+                let min = min.as_u64().expect("minAvailable as a count");
+                assert!(
+                    (1..replicas).contains(&min),
+                    "{name}: minAvailable {min} of {replicas} replicas"
+                );
+            }
+            (None, Some(max)) => {
+                let max = max.as_u64().expect("maxUnavailable as a count");
+                assert!(max >= 1, "{name}: maxUnavailable 0 blocks every drain");
+            }
+            other => panic!("{name}: PDB needs one of minAvailable/maxUnavailable: {other:?}"),
+        }
+    }
 
     let svc = find(&docs, "Service", "postback-api");
     let api = find(&docs, "Deployment", "postback-api");
@@ -1474,4 +1710,166 @@ fn runbook_commands_flags_settings_and_paths_are_real() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// `--help`, grouped by who reads a setting
+
+/// `--help` text split into its sections: heading → long flags.
+fn help_sections(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut heading = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') && !line.contains("Usage") {
+            heading = Some(line.trim_end_matches(':').to_owned());
+            out.entry(line.trim_end_matches(':').to_owned())
+                .or_default();
+            continue;
+        }
+        let Some(h) = &heading else { continue };
+        let word = line.trim_start();
+        if line.starts_with("  ") && (word.starts_with("--") || word.starts_with("-h,")) {
+            let flag = word
+                .split([' ', ','])
+                .find(|w| w.starts_with("--"))
+                .expect("a long flag");
+            out.get_mut(h).unwrap().insert(flag.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn worker_help_shows_only_what_a_worker_reads() {
+    use postback::config::headings;
+    let serve = help_sections(&help(&["serve"]));
+    let worker = help_sections(&help(&["worker"]));
+    let names = |m: &BTreeMap<String, BTreeSet<String>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&serve),
+        [
+            "API settings",
+            "Options",
+            "Shared settings",
+            "Worker settings"
+        ],
+        "serve --help sections"
+    );
+    assert_eq!(
+        names(&worker),
+        ["Options", "Shared settings", "Worker settings"],
+        "worker --help sections"
+    );
+    assert_eq!(serve["Options"], BTreeSet::from(["--help".to_owned()]));
+    for h in [headings::SHARED, headings::WORKER] {
+        assert_eq!(worker[h], serve[h], "{h} differ between serve and worker");
+    }
+    // What only the API reads is listed by serve and never by worker.
+    for api_only in [
+        "--listen",
+        "--api-token",
+        "--insecure-no-auth",
+        "--max-body",
+        "--egress-public-ips",
+        "--data-dir",
+    ] {
+        assert!(serve[headings::API].contains(api_only), "serve: {api_only}");
+        assert!(
+            worker.values().all(|flags| !flags.contains(api_only)),
+            "worker --help lists {api_only}"
+        );
+    }
+    // What a worker needs to run is there.
+    for needed in [
+        "--database-url",
+        "--concurrency",
+        "--attempt-timeout",
+        "--metrics-listen",
+        "--signing-secret",
+        "--log-level",
+    ] {
+        assert!(
+            worker.values().any(|flags| flags.contains(needed)),
+            "worker --help lacks {needed}"
+        );
+    }
+    // Every setting of serve is under one of the three headings.
+    let all: usize = serve.values().map(BTreeSet::len).sum();
+    let grouped: usize = [headings::SHARED, headings::API, headings::WORKER]
+        .iter()
+        .map(|h| serve[*h].len())
+        .sum();
+    assert_eq!(all, grouped + 1, "a setting of serve without a heading");
+}
+
+#[test]
+fn help_sections_parser_sees_headings_and_flags() {
+    let text = "About\n\nUsage: x [OPTIONS]\n\nOptions:\n  -h, --help\n          Print help\n\nShared settings:\n      --a <A>\n          one --not-a-flag\n\n          [env: A=]\n      --b\n";
+    let got = help_sections(text);
+    assert_eq!(got["Options"], BTreeSet::from(["--help".to_owned()]));
+    assert_eq!(
+        got["Shared settings"],
+        BTreeSet::from(["--a".to_owned(), "--b".to_owned()])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The pool-size formula the deploy files state
+
+#[test]
+fn deploy_files_state_the_pool_size_formula_of_the_code() {
+    let formula = |c: usize| postback::runtime::pool_size(c);
+    let mut stated = 0;
+    for path in [
+        deploy().join("docker-compose.yml"),
+        deploy().join("kubernetes/worker-deployment.yaml"),
+        root().join("docs/operations.md"),
+    ] {
+        // "POSTBACK_CONCURRENCY/4 … between 16 and 64; 64 …default"
+        let text = read(&path).replace(['#', '`', '\n'], " ");
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (at, _) in text.match_indices("POSTBACK_CONCURRENCY") {
+            let rest = text[at + "POSTBACK_CONCURRENCY".len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('/') else {
+                continue;
+            };
+            let number = |s: &str| -> usize {
+                s.trim_start()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{}: a number in {s:?}", path.display()))
+            };
+            let divisor = number(rest);
+            let window = &rest[..rest.len().min(200)];
+            let (_, range) = window
+                .split_once("between ")
+                .unwrap_or_else(|| panic!("{}: no range after the formula", path.display()));
+            let low = number(range);
+            let high = number(range.split_once(" and ").expect("and").1);
+            for c in [0, 1, 63, 64, 100, 128, 256, 1000, 100_000] {
+                assert_eq!(
+                    (c / divisor).clamp(low, high) as u32,
+                    formula(c),
+                    "{}: states POSTBACK_CONCURRENCY/{divisor} between {low} and {high}, \
+                     which differs from the code at {c}",
+                    path.display()
+                );
+            }
+            let default = postback::Config::default().concurrency;
+            assert!(
+                window.contains(&format!("{} ", formula(default)))
+                    || window.contains(&format!("{};", formula(default))),
+                "{}: does not say the default pool is {}",
+                path.display(),
+                formula(default)
+            );
+            stated += 1;
+        }
+    }
+    assert!(
+        stated >= 3,
+        "compose, the worker Deployment and the runbook state it"
+    );
 }
