@@ -2150,3 +2150,507 @@ fn deploy_files_state_the_pool_size_formula_of_the_code() {
         "compose, the worker Deployment and the runbook state it"
     );
 }
+
+// ---------------------------------------------------------------------------
+// docs/reference.md: the contract as implemented, kept equal to the code
+
+/// The tables of one `## ` section of a Markdown page: rows of cells (the
+/// header row and the `---` row left out).
+fn md_tables(doc: &str, section: &str) -> Vec<Vec<Vec<String>>> {
+    let body = doc
+        .split(&format!("\n## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/reference.md has no section {section:?}"));
+    let body = body.split("\n## ").next().unwrap();
+    let mut tables = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header_seen = false;
+    for line in body.lines().chain(std::iter::once("")) {
+        let line = line.trim();
+        if line.starts_with('|') {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect();
+            if !header_seen {
+                header_seen = true;
+            } else if !cells[0].starts_with("---") {
+                rows.push(cells);
+            }
+        } else if header_seen {
+            tables.push(std::mem::take(&mut rows));
+            header_seen = false;
+        }
+    }
+    tables
+}
+
+/// The `code spans` of a Markdown text, in order.
+fn code_spans(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One flag of a command as clap defines it.
+#[derive(Debug, Clone, PartialEq)]
+struct FlagDef {
+    env: Option<String>,
+    default: Option<String>,
+    heading: Option<String>,
+    hidden: bool,
+}
+
+/// One leaf command of the CLI: its long flags and positional arguments.
+#[derive(Debug)]
+struct CommandDef {
+    flags: BTreeMap<String, FlagDef>,
+    positionals: usize,
+}
+
+/// Every leaf command of `postback`, by path ("deliveries list"), from
+/// clap's own description of the command line.
+fn command_defs() -> BTreeMap<String, CommandDef> {
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut BTreeMap<String, CommandDef>) {
+        let subs: Vec<_> = cmd
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .collect();
+        if subs.is_empty() {
+            let mut flags = BTreeMap::new();
+            let mut positionals = 0;
+            for a in cmd.get_arguments() {
+                if a.is_positional() {
+                    positionals += 1;
+                    continue;
+                }
+                let Some(long) = a.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let defaults: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                flags.insert(
+                    format!("--{long}"),
+                    FlagDef {
+                        env: a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                        default: (!defaults.is_empty()).then(|| defaults.join(",")),
+                        heading: a.get_help_heading().map(str::to_owned),
+                        hidden: a.is_hide_set(),
+                    },
+                );
+            }
+            out.insert(prefix.trim().to_owned(), CommandDef { flags, positionals });
+        }
+        for sub in subs {
+            walk(sub, &format!("{prefix} {}", sub.get_name()), out);
+        }
+    }
+    let root = postback::cli::command();
+    let mut out = BTreeMap::new();
+    walk(&root, "", &mut out);
+    out
+}
+
+fn reference() -> String {
+    read(&root().join("docs/reference.md"))
+}
+
+/// A default as the page spells it: `none`, `""` (empty list) or `value`.
+fn page_default(cell: &str) -> Option<String> {
+    if cell == "none" {
+        return None;
+    }
+    let spans = code_spans(cell);
+    Some(
+        spans
+            .first()
+            .unwrap_or_else(|| panic!("default {cell:?}"))
+            .trim_matches('"')
+            .to_owned(),
+    )
+}
+
+/// A settings-like table (variable, flag, default, …) by flag.
+fn setting_rows(rows: &[Vec<String>]) -> BTreeMap<String, (String, Option<String>, Vec<String>)> {
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let env = code_spans(&row[0]).remove(0);
+        let flag = code_spans(&row[1]).remove(0);
+        let default = page_default(&row[2]);
+        let prev = out.insert(flag.clone(), (env, default, row[3..].to_vec()));
+        assert!(prev.is_none(), "docs/reference.md lists {flag} twice");
+    }
+    out
+}
+
+#[test]
+fn reference_settings_are_the_settings_of_serve_and_worker() {
+    use postback::config::headings;
+    let doc = reference();
+    let tables = md_tables(&doc, "Settings");
+    let page = setting_rows(&tables[0]);
+    let cmds = command_defs();
+    let serve = &cmds["serve"].flags;
+    let page_flags: BTreeSet<&String> = page.keys().collect();
+    let code_flags: BTreeSet<&String> = serve.keys().collect();
+    assert_eq!(
+        page_flags, code_flags,
+        "docs/reference.md's settings and the flags of `postback serve` differ"
+    );
+    for (flag, (env, default, rest)) in &page {
+        let def = &serve[flag];
+        assert_eq!(def.env.as_ref(), Some(env), "{flag}: variable");
+        assert_eq!(&def.default, default, "{flag}: default");
+        let read_by = match def.heading.as_deref() {
+            Some(headings::SHARED) => "shared",
+            Some(headings::API) => "API",
+            Some(headings::WORKER) => "worker",
+            other => panic!("{flag}: heading {other:?}"),
+        };
+        assert_eq!(rest[0], read_by, "{flag}: read by");
+        assert!(!rest[1].is_empty(), "{flag}: meaning");
+    }
+    // `worker` has the same settings, the API ones hidden.
+    let worker = &cmds["worker"].flags;
+    for (flag, def) in serve {
+        let w = &worker[flag];
+        assert_eq!(
+            w.hidden,
+            def.heading.as_deref() == Some(headings::API),
+            "worker {flag}: hidden"
+        );
+        assert_eq!((&w.env, &w.default), (&def.env, &def.default));
+    }
+    // Every setting the page names in prose is a setting.
+    for word in doc.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("POSTBACK_") {
+            assert!(
+                page.values().any(|(env, ..)| env == word),
+                "docs/reference.md names {word}, which no setting reads"
+            );
+        }
+    }
+}
+
+#[test]
+fn reference_commands_are_the_commands_and_flags_of_the_binary() {
+    let doc = reference();
+    let tables = md_tables(&doc, "Commands");
+    assert_eq!(tables.len(), 2, "the command table and the database flags");
+    let db = setting_rows(&tables[1]);
+    let settings = setting_rows(&md_tables(&doc, "Settings")[0]);
+    let cmds = command_defs();
+    let mut listed = BTreeSet::new();
+    for row in &tables[0] {
+        let path = code_spans(&row[0])
+            .remove(0)
+            .strip_prefix("postback ")
+            .expect("`postback …`")
+            .to_owned();
+        let def = cmds.get(&path).unwrap_or_else(|| {
+            panic!("docs/reference.md lists `postback {path}`, which is not a command")
+        });
+        assert!(listed.insert(path.clone()), "{path} listed twice");
+        assert_eq!(
+            code_spans(&row[1]).len(),
+            def.positionals,
+            "{path}: arguments"
+        );
+        let cell = &row[2];
+        let visible: BTreeSet<&String> = def
+            .flags
+            .iter()
+            .filter(|(_, f)| !f.hidden)
+            .map(|(k, _)| k)
+            .collect();
+        if path == "serve" || path == "worker" {
+            let groups: &[&str] = if cell.contains("every setting below") {
+                &["shared", "API", "worker"]
+            } else if cell.contains("the shared and worker settings below") {
+                &["shared", "worker"]
+            } else {
+                panic!("{path}: which settings? {cell}")
+            };
+            let expected: BTreeSet<&String> = settings
+                .iter()
+                .filter(|(_, (_, _, rest))| groups.contains(&rest[0].as_str()))
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(visible, expected, "{path}: settings");
+            continue;
+        }
+        // The flags the cell names, with the defaults and variables it
+        // gives them ("`--limit N` (default `100`)").
+        let mut named: BTreeMap<String, FlagDef> = BTreeMap::new();
+        if cell.contains("the database flags") {
+            for (flag, (env, default, _)) in &db {
+                named.insert(
+                    flag.clone(),
+                    FlagDef {
+                        env: Some(env.clone()),
+                        default: default.clone(),
+                        heading: None,
+                        hidden: false,
+                    },
+                );
+            }
+        }
+        let parts: Vec<&str> = cell.split('`').collect();
+        let mut current: Option<String> = None;
+        for (i, span) in parts.iter().enumerate().skip(1).step_by(2) {
+            let before = parts[i - 1];
+            if span.starts_with("--") {
+                let flag = span.split_whitespace().next().unwrap().to_owned();
+                named.insert(
+                    flag.clone(),
+                    FlagDef {
+                        env: None,
+                        default: None,
+                        heading: None,
+                        hidden: false,
+                    },
+                );
+                current = Some(flag);
+            } else if let Some(flag) = &current {
+                let f = named.get_mut(flag).unwrap();
+                if before.ends_with("(default ") {
+                    f.default = Some((*span).to_owned());
+                } else if before.ends_with("(env ") {
+                    f.env = Some((*span).to_owned());
+                } else {
+                    panic!("{path}: what is `{span}` in {cell}?");
+                }
+            }
+        }
+        let named_flags: BTreeSet<&String> = named.keys().collect();
+        assert_eq!(named_flags, visible, "{path}: flags");
+        for (flag, f) in &named {
+            let code = &def.flags[flag];
+            assert_eq!(f.default, code.default, "{path} {flag}: default");
+            assert_eq!(f.env, code.env, "{path} {flag}: variable");
+        }
+    }
+    let all: BTreeSet<String> = cmds.keys().cloned().collect();
+    assert_eq!(
+        listed, all,
+        "docs/reference.md's commands and the binary's differ"
+    );
+    // The database flags are exactly those of `migrate`.
+    let migrate: BTreeSet<&String> = cmds["migrate"].flags.keys().collect();
+    assert_eq!(db.keys().collect::<BTreeSet<_>>(), migrate);
+}
+
+#[test]
+fn reference_routes_are_the_routes_of_the_api() {
+    let doc = reference();
+    let tables = md_tables(&doc, "Routes");
+    let mut page = BTreeSet::new();
+    for row in &tables[0] {
+        let method = code_spans(&row[0]).remove(0);
+        let path = code_spans(&row[1]).remove(0);
+        assert_eq!(
+            row[2] == "bearer",
+            path.starts_with("/v1/"),
+            "{method} {path}: token column {:?}",
+            row[2]
+        );
+        assert!(matches!(row[2].as_str(), "bearer" | "none"));
+        assert!(
+            page.insert((method.clone(), path.clone())),
+            "{method} {path} listed twice"
+        );
+    }
+    let code: BTreeSet<(String, String)> = postback::api::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_owned(), p))
+        .collect();
+    assert_eq!(
+        page, code,
+        "docs/reference.md's routes and the API's differ"
+    );
+    // The OpenAPI document describes the same routes.
+    let openapi: Json = serde_json::from_str(&read(&root().join("docs/openapi.json"))).unwrap();
+    let documented: BTreeSet<(String, String)> = openapi["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), p.clone()))
+        })
+        .collect();
+    assert_eq!(page, documented, "docs/reference.md and docs/openapi.json");
+}
+
+#[test]
+fn reference_metrics_are_the_metrics_the_code_registers() {
+    let doc = reference();
+    let tables = md_tables(&doc, "Metrics");
+    let registered = registered_metrics();
+    let fams = families();
+    let uses_process_metrics = sources()
+        .iter()
+        .any(|(_, text)| text.contains("metrics_process"));
+    let mut page = BTreeSet::new();
+    for row in &tables[0] {
+        let name = code_spans(&row[0]).remove(0);
+        assert!(page.insert(name.clone()), "{name} listed twice");
+        if name.starts_with("process_") {
+            assert!(
+                uses_process_metrics,
+                "docs/reference.md lists {name}, but the code registers no process metrics"
+            );
+            continue;
+        }
+        let code = registered.get(&name).unwrap_or_else(|| {
+            panic!("docs/reference.md lists {name}, which the code does not register")
+        });
+        assert_eq!(row[1], code.kind, "{name}: type");
+        let fam = &fams[name.as_str()];
+        let mut labels = BTreeMap::new();
+        if !row[2].starts_with('—') {
+            for part in row[2].split(';') {
+                let spans = code_spans(part);
+                let (label, values) = spans.split_first().expect("a label");
+                labels.insert(label.clone(), values.to_vec());
+            }
+        }
+        let names: BTreeSet<&str> = labels.keys().map(String::as_str).collect();
+        let known: BTreeSet<&str> = fam.labels.keys().copied().collect();
+        assert_eq!(names, known, "{name}: labels");
+        for (label, values) in &labels {
+            let values: BTreeSet<String> = values.iter().cloned().collect();
+            assert_eq!(
+                &values,
+                &fam.labels[label.as_str()],
+                "{name}{{{label}}}: values"
+            );
+        }
+    }
+    let code: BTreeSet<String> = registered.keys().cloned().collect();
+    let page_postback: BTreeSet<String> = page
+        .iter()
+        .filter(|n| !n.starts_with("process_"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        page_postback, code,
+        "docs/reference.md's metrics and the ones the code registers differ"
+    );
+    if uses_process_metrics {
+        for wanted in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(page.contains(wanted), "docs/reference.md lacks {wanted}");
+        }
+    }
+    // What the page says is not registered yet must really be missing.
+    let after = doc.split("Not registered by this build:").nth(1);
+    if let Some(text) = after {
+        let paragraph = text.split("\n\n").next().unwrap();
+        for span in code_spans(paragraph) {
+            assert!(
+                !registered.contains_key(&span),
+                "docs/reference.md says {span} is not registered, but the code registers it"
+            );
+            if span.starts_with("process_") {
+                assert!(
+                    !uses_process_metrics,
+                    "docs/reference.md says process metrics are not registered"
+                );
+            }
+        }
+    }
+}
+
+/// The exit codes the command line returns: the literals of `code: N`
+/// (its `Failure`s) and `ExitCode::from(…)`, and `ExitCode::SUCCESS`.
+fn exit_codes_in_code() -> BTreeSet<u8> {
+    let mut out = BTreeSet::new();
+    for (path, text) in sources() {
+        if !path.starts_with(root().join("src/cli")) && !path.ends_with("main.rs") {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        if code.contains("ExitCode::SUCCESS") {
+            out.insert(0);
+        }
+        for marker in ["code: ", "ExitCode::from("] {
+            for (at, _) in code.match_indices(marker) {
+                let rest = &code[at + marker.len()..];
+                if marker == "code: " {
+                    // A field set to a literal (not the field's type).
+                    if let Ok(n) = rest.split([',', '\n']).next().unwrap().trim().parse() {
+                        out.insert(n);
+                    }
+                    continue;
+                }
+                for word in macro_args(rest).split(|c: char| !c.is_ascii_alphanumeric()) {
+                    if let Ok(n) = word.parse() {
+                        out.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reference_exit_codes_are_the_codes_the_binary_returns() {
+    let doc = reference();
+    let page: BTreeSet<u8> = md_tables(&doc, "Exit codes")[0]
+        .iter()
+        .map(|row| code_spans(&row[0])[0].parse().expect("a code"))
+        .collect();
+    assert_eq!(page, exit_codes_in_code());
+    assert_eq!(page, BTreeSet::from([0, 1, 2]), "SPEC §6");
+}
+
+#[test]
+fn readme_links_the_reference_and_the_contract_inside_the_repository() {
+    let readme = read(&root().join("README.md"));
+    let mut targets = Vec::new();
+    for part in readme.split("](").skip(1) {
+        let target = part.split(')').next().unwrap();
+        if target.starts_with("http") || target.starts_with('#') {
+            continue;
+        }
+        let path = target.split('#').next().unwrap();
+        let resolved = root().join(path);
+        assert!(resolved.exists(), "README.md links to missing {target}");
+        let canonical = resolved.canonicalize().unwrap();
+        assert!(
+            canonical.starts_with(root().canonicalize().unwrap()),
+            "README.md links outside the repository: {target}"
+        );
+        targets.push(path.to_owned());
+    }
+    for wanted in ["docs/reference.md", "docs/SPEC.md"] {
+        assert!(
+            targets.iter().any(|t| t == wanted),
+            "README.md does not link {wanted}"
+        );
+    }
+    // The reference links the contract and the runbook, inside docs/.
+    let doc = reference();
+    for part in doc.split("](").skip(1) {
+        let target = part.split(')').next().unwrap();
+        assert!(
+            root().join("docs").join(target).is_file(),
+            "docs/reference.md links to missing {target}"
+        );
+    }
+}
