@@ -58,6 +58,18 @@ pub mod defaults {
     pub const EMPTY_LIST: &str = "";
 }
 
+/// The `--help` heading of every setting, by who reads it: `serve` shows
+/// all three, `worker` hides the API settings (it never reads them).
+pub mod headings {
+    /// Read by `serve` and `worker` alike.
+    pub const SHARED: &str = "Shared settings";
+    /// Read only by `serve` (its API and its private cluster).
+    pub const API: &str = "API settings";
+    /// Read by the delivery workers (of `worker`, and of `serve` unless
+    /// `POSTBACK_CONCURRENCY=0`).
+    pub const WORKER: &str = "Worker settings";
+}
+
 /// The longest duration any setting takes (100 years): longer ones are
 /// "too large to compute with" (SPEC §1), refused with exit 2 instead of
 /// overflowing a timestamp later.
@@ -81,135 +93,135 @@ pub struct Config {
     /// PostgreSQL URL; unset: `serve` runs a private cluster under POSTBACK_DATA_DIR.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "DATABASE_URL", hide_env_values = true)
+        arg(long, env = "DATABASE_URL", help_heading = headings::SHARED, hide_env_values = true)
     )]
     pub database_url: Option<String>,
 
     /// Where the embedded PostgreSQL cluster keeps its data.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_DATA_DIR", default_value = defaults::DATA_DIR)
+        arg(long, env = "POSTBACK_DATA_DIR", help_heading = headings::API, default_value = defaults::DATA_DIR)
     )]
     pub data_dir: PathBuf,
 
     /// API address.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_LISTEN", default_value = defaults::LISTEN)
+        arg(long, env = "POSTBACK_LISTEN", help_heading = headings::API, default_value = defaults::LISTEN)
     )]
     pub listen: SocketAddr,
 
     /// Bearer token for /v1/*; a comma list is accepted (every listed token works).
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_API_TOKEN", hide_env_values = true)
+        arg(long, env = "POSTBACK_API_TOKEN", help_heading = headings::API, hide_env_values = true)
     )]
     pub api_token: Option<String>,
 
     /// Run the API without a token (development only).
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_INSECURE_NO_AUTH", value_parser = parse_flag, default_value = defaults::INSECURE_NO_AUTH))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_INSECURE_NO_AUTH", help_heading = headings::API, value_parser = parse_flag, default_value = defaults::INSECURE_NO_AUTH))]
     pub insecure_no_auth: bool,
 
     /// Standard Webhooks secret (`whsec_` + base64); unset: generated once and kept in the database.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_SIGNING_SECRET", hide_env_values = true)
+        arg(long, env = "POSTBACK_SIGNING_SECRET", help_heading = headings::SHARED, hide_env_values = true)
     )]
     pub signing_secret: Option<String>,
 
     /// Comma list of base64 32-byte keys: stored secrets are sealed with the first, opened with any.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_SECRETS_KEY", hide_env_values = true)
+        arg(long, env = "POSTBACK_SECRETS_KEY", help_heading = headings::SHARED, hide_env_values = true)
     )]
     pub secrets_key: Option<String>,
 
     /// Immediate retries after a failed first attempt.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_RETRY_IMMEDIATE", default_value = defaults::RETRY_IMMEDIATE)
+        arg(long, env = "POSTBACK_RETRY_IMMEDIATE", help_heading = headings::WORKER, default_value = defaults::RETRY_IMMEDIATE)
     )]
     pub retry_immediate: u32,
 
     /// Wait before the first scheduled retry.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_FIRST_DELAY", default_value = defaults::RETRY_FIRST_DELAY, value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_FIRST_DELAY", help_heading = headings::WORKER, default_value = defaults::RETRY_FIRST_DELAY, value_parser = parse_duration))]
     pub retry_first_delay: Duration,
 
     /// Cap of the doubling wait.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_MAX_DELAY", default_value = defaults::RETRY_MAX_DELAY, value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_MAX_DELAY", help_heading = headings::WORKER, default_value = defaults::RETRY_MAX_DELAY, value_parser = parse_duration))]
     pub retry_max_delay: Duration,
 
     /// Give-up horizon, measured from the first attempt.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_GIVE_UP", default_value = defaults::RETRY_GIVE_UP, value_parser = parse_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_RETRY_GIVE_UP", help_heading = headings::WORKER, default_value = defaults::RETRY_GIVE_UP, value_parser = parse_duration))]
     pub retry_give_up: Duration,
 
     /// One attempt, connect to last response byte.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_ATTEMPT_TIMEOUT", default_value = defaults::ATTEMPT_TIMEOUT, value_parser = parse_positive_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_ATTEMPT_TIMEOUT", help_heading = headings::WORKER, default_value = defaults::ATTEMPT_TIMEOUT, value_parser = parse_positive_duration))]
     pub attempt_timeout: Duration,
 
     /// Attempts in flight per process; 0 runs the API alone.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_CONCURRENCY", default_value = defaults::CONCURRENCY)
+        arg(long, env = "POSTBACK_CONCURRENCY", help_heading = headings::WORKER, default_value = defaults::CONCURRENCY)
     )]
     pub concurrency: usize,
 
     /// Attempts in flight per destination host per process.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", default_value = defaults::PER_HOST_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_HOST_CONCURRENCY", help_heading = headings::WORKER, default_value = defaults::PER_HOST_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
     pub per_host_concurrency: u32,
 
     /// Attempts in flight per customer per process.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_CUSTOMER_CONCURRENCY", default_value = defaults::PER_CUSTOMER_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_PER_CUSTOMER_CONCURRENCY", help_heading = headings::WORKER, default_value = defaults::PER_CUSTOMER_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..)))]
     pub per_customer_concurrency: u32,
 
     /// Consecutive failed attempts to one origin that open its circuit breaker; 0 turns breakers off.
     #[cfg_attr(
         feature = "cli",
-        arg(long, env = "POSTBACK_BREAKER_FAILURES", default_value = defaults::BREAKER_FAILURES)
+        arg(long, env = "POSTBACK_BREAKER_FAILURES", help_heading = headings::WORKER, default_value = defaults::BREAKER_FAILURES)
     )]
     pub breaker_failures: u32,
 
     /// First wait of an open breaker before its probe; doubles on each failed probe.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_BREAKER_COOLDOWN", default_value = defaults::BREAKER_COOLDOWN, value_parser = parse_positive_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_BREAKER_COOLDOWN", help_heading = headings::WORKER, default_value = defaults::BREAKER_COOLDOWN, value_parser = parse_positive_duration))]
     pub breaker_cooldown: Duration,
 
     /// URL that receives operator events (destination.opened/closed, delivery.failed).
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_OPERATOR_WEBHOOK", value_parser = parse_webhook))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_OPERATOR_WEBHOOK", help_heading = headings::WORKER, value_parser = parse_webhook))]
     pub operator_webhook: Option<url::Url>,
 
     /// Job and delivery lifetime from creation.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", default_value = defaults::JOB_TTL, value_parser = parse_positive_duration))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_JOB_TTL", help_heading = headings::SHARED, default_value = defaults::JOB_TTL, value_parser = parse_positive_duration))]
     pub job_ttl: Duration,
 
     /// Largest request body the API accepts.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MAX_BODY", default_value = defaults::MAX_BODY, value_parser = parse_bytes))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MAX_BODY", help_heading = headings::API, default_value = defaults::MAX_BODY, value_parser = parse_bytes))]
     pub max_body: u64,
 
     /// Local IP every outbound connection binds to.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_SOURCE_ADDR"))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_SOURCE_ADDR", help_heading = headings::SHARED))]
     pub egress_source_addr: Option<IpAddr>,
 
     /// HTTP(S) proxy every delivery goes through.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PROXY", value_parser = parse_proxy))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PROXY", help_heading = headings::WORKER, value_parser = parse_proxy))]
     pub egress_proxy: Option<url::Url>,
 
     /// Comma list of public addresses published at GET /v1/egress (default: the source address).
     // The lists are spelled `::std::vec::Vec` so that clap takes the whole
     // comma list as one value (SPEC §1: an empty value is the empty list,
     // empty entries are ignored) instead of one value per entry.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PUBLIC_IPS", value_parser = parse_ip_list, default_value = defaults::EMPTY_LIST))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_PUBLIC_IPS", help_heading = headings::API, value_parser = parse_ip_list, default_value = defaults::EMPTY_LIST))]
     pub egress_public_ips: ::std::vec::Vec<IpAddr>,
 
     /// Comma list of CIDRs exempt from the private-address deny list.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_ALLOW", value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_ALLOW", help_heading = headings::SHARED, value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
     pub egress_allow: ::std::vec::Vec<IpNet>,
 
     /// Extra CIDRs to deny.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_DENY", value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_EGRESS_DENY", help_heading = headings::SHARED, value_parser = parse_cidr_list, default_value = defaults::EMPTY_LIST))]
     pub egress_deny: ::std::vec::Vec<IpNet>,
 
     /// Comma list of directories media callbacks may send files from; unset: media callbacks are refused.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MEDIA_ROOT", value_parser = parse_path_list, default_value = defaults::EMPTY_LIST))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_MEDIA_ROOT", help_heading = headings::SHARED, value_parser = parse_path_list, default_value = defaults::EMPTY_LIST))]
     pub media_root: ::std::vec::Vec<PathBuf>,
 
     /// `pretty` or `json`.
@@ -217,7 +229,7 @@ pub struct Config {
         feature = "cli",
         arg(
             long,
-            env = "POSTBACK_LOG_FORMAT",
+            env = "POSTBACK_LOG_FORMAT", help_heading = headings::SHARED,
             value_enum,
             default_value = defaults::LOG_FORMAT
         )
@@ -225,15 +237,15 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// `error`, `warn`, `info`, `debug`, `trace`, or a filter such as `info,postback::delivery=debug` (RUST_LOG when unset; default info).
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_LOG_LEVEL", value_parser = parse_log_level))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_LOG_LEVEL", help_heading = headings::SHARED, value_parser = parse_log_level))]
     pub log_level: Option<String>,
 
     /// Extra address serving only /metrics.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_METRICS_LISTEN"))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_METRICS_LISTEN", help_heading = headings::SHARED))]
     pub metrics_listen: Option<SocketAddr>,
 
     /// PostgreSQL schema that holds Postback's tables.
-    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", default_value = defaults::DB_SCHEMA, value_parser = parse_schema))]
+    #[cfg_attr(feature = "cli", arg(long, env = "POSTBACK_DB_SCHEMA", help_heading = headings::SHARED, default_value = defaults::DB_SCHEMA, value_parser = parse_schema))]
     pub db_schema: crate::store::Schema,
 }
 

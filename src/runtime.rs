@@ -174,10 +174,7 @@ impl Process {
         for warning in config.security_warnings(role == Role::Serve) {
             tracing::warn!(target: "postback::security", "{warning}");
         }
-        // Enough for the API's concurrent requests and the workers' claim,
-        // completion, LISTEN and gauge connections.
-        let pool_size = (config.concurrency / 4).clamp(16, 64) as u32;
-        let pool = store::connect(&database_url, &schema, pool_size).await?;
+        let pool = store::connect(&database_url, &schema, pool_size(config.concurrency)).await?;
         store::migrate(&pool, &schema).await?;
         let secret = signing_secret(&config, &pool, &schema).await?;
         let metrics = crate::metrics::install();
@@ -314,6 +311,16 @@ impl Process {
         tracing::info!("stopped");
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The database connections one `serve`/`worker` process opens at most:
+/// `POSTBACK_CONCURRENCY / 4`, between 16 and 64. Enough for the API's
+/// concurrent requests and the workers' claim, completion, LISTEN and gauge
+/// connections. The deploy files state this formula (tests/deploy.rs
+/// checks them against this function).
+pub fn pool_size(concurrency: usize) -> u32 {
+    // At most 64, so the cast cannot truncate.
+    (concurrency / 4).clamp(16, 64) as u32
 }
 
 /// Adapts a component that cannot fail to the JoinSet's result type.

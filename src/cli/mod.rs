@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{headings, Config, LogFormat};
 
 /// Reliable outbound callback dispatcher.
 #[derive(Debug, Parser)]
@@ -32,6 +32,9 @@ enum Command {
     /// HTTP API + delivery workers + metrics, in one process (runs migrations at start).
     Serve(Box<Config>),
     /// Delivery workers only (no API), for scaling out.
+    // The API settings stay accepted (one environment serves both
+    // commands) but are hidden: a worker never reads them.
+    #[command(mut_args(hide_api_setting))]
     Worker(Box<Config>),
     /// Apply migrations and exit.
     Migrate(admin::DbArgs),
@@ -55,6 +58,23 @@ enum Command {
     Secrets(customers::SecretsCommand),
     /// A local receiver for development: prints each callback and checks its signature.
     Listen(listen::ListenArgs),
+}
+
+/// Hides a setting under [`headings::API`] from `worker --help`.
+fn hide_api_setting(arg: clap::Arg) -> clap::Arg {
+    if arg.get_help_heading() == Some(headings::API) {
+        arg.hide(true)
+    } else {
+        arg
+    }
+}
+
+/// The whole command line as clap describes it: every subcommand, flag,
+/// environment variable and default (docs/reference.md is checked
+/// against it).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 /// The environment variable behind the flag a clap error complains about,
