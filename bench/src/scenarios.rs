@@ -143,6 +143,27 @@ impl Ctx {
         Cpu::now(Some(child.pid()), &self.dir.join("pg").join("data"))
     }
 
+    /// `postback migrate` on `db_url`, to completion (bounded).
+    async fn migrate(&self, db_url: &str) -> anyhow::Result<()> {
+        let run = tokio::process::Command::new(&self.bin)
+            .arg("migrate")
+            .env("DATABASE_URL", db_url)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), run)
+            .await
+            .context("postback migrate did not finish within 120 s")?
+            .context("run postback migrate")?;
+        if !out.status.success() {
+            bail!(
+                "postback migrate failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn worker(&self, name: &str, db_url: &str) -> anyhow::Result<Child> {
         let env = self.env(db_url, self.plan.concurrency);
         let log = self.dir.join(format!("{name}-worker.log"));
@@ -196,11 +217,26 @@ async fn bulk_insert(
     } else {
         (0.0, 1)
     };
+    // Since 20261202000600 payloads carry the listing columns; an A/B run
+    // may compare a binary from before that.
+    let listing_on_payloads: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_schema = 'postback' AND table_name = 'payloads' AND column_name = 'host')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let payload_insert = if listing_on_payloads {
+        "INSERT INTO postback.payloads (delivery_id, content_type, headers, body, host, customer_id)
+         SELECT id, 'application/json', '{}'::jsonb, $3, host, customer_id FROM d"
+    } else {
+        "INSERT INTO postback.payloads (delivery_id, content_type, headers, body)
+         SELECT id, 'application/json', '{}'::jsonb, $3 FROM d"
+    };
     let mut done = 0;
     while done < n {
         let k = BATCH.min(n - done);
         let ids: Vec<Uuid> = (0..k).map(|_| Uuid::now_v7()).collect();
-        sqlx::query(
+        sqlx::query(&format!(
             "WITH d AS (
                  INSERT INTO postback.deliveries (id, customer_id, kind, method, url, host, next_attempt_at, expires_at)
                  SELECT t.id, $6, 'generic', 'POST', $2, '127.0.0.1',
@@ -208,9 +244,8 @@ async fn bulk_insert(
                         now() + interval '7 days'
                  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
                  RETURNING id, host, customer_id)
-             INSERT INTO postback.payloads (delivery_id, content_type, headers, body, host, customer_id)
-             SELECT id, 'application/json', '{}'::jsonb, $3, host, customer_id FROM d",
-        )
+             {payload_insert}"
+        ))
         .bind(&ids)
         .bind(url)
         .bind(body)
@@ -247,7 +282,9 @@ async fn drain_run(
     let url = ctx.pg.fresh_db(db).await?;
     let schema = Schema::default();
     let pool = postback::store::connect(&url, &schema, 4).await?;
-    postback::store::migrate(&pool, &schema).await?;
+    // Migrated by the binary under test (in A/B runs the two binaries may
+    // have different schemas).
+    ctx.migrate(&url).await?;
     if ctx.plan.customer {
         create_bench_customer(&url).await?;
     }
