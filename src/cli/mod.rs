@@ -9,6 +9,7 @@ mod destinations;
 mod find;
 mod healthcheck;
 mod listen;
+mod logging;
 mod migrate;
 mod serve;
 mod worker;
@@ -17,7 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
+pub use logging::init_logging;
 
 /// Reliable outbound callback dispatcher.
 #[derive(Debug, Parser)]
@@ -180,26 +182,6 @@ pub fn start_failure(err: crate::runtime::StartError) -> Failure {
     } else {
         Failure::runtime(err)
     }
-}
-
-/// Sets up tracing once per process (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat, level: Option<&str>) {
-    // POSTBACK_LOG_LEVEL, else RUST_LOG, else info (sqlx's per-statement
-    // lines only from warn up).
-    let filter = level
-        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
-        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    // Colour only on a terminal: never escape codes in pipes and files.
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
 }
 
 /// Cancelled on the first SIGTERM or SIGINT.
