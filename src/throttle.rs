@@ -4,7 +4,8 @@
 //! back since. It owns only the counting; it must not log, and it imports
 //! nothing of the crate.
 //!
-//! One [`Throttle`] per kind of line: the first failure is always logged
+//! One [`Throttle`] per kind of line (a `static`, since [`Throttle::new`]
+//! is `const`): the first failure is always logged
 //! (an operator sees an outage at once), repeats within the interval are
 //! counted, and the next line after the interval says how many were
 //! suppressed.
@@ -22,7 +23,7 @@ pub struct Throttle {
     state: Mutex<State>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// When the last line was let through (`None`: never).
     last: Option<Instant>,
@@ -32,10 +33,13 @@ struct State {
 
 impl Throttle {
     /// At most one line per `every`.
-    pub fn new(every: Duration) -> Self {
+    pub const fn new(every: Duration) -> Self {
         Throttle {
             every,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                last: None,
+                suppressed: 0,
+            }),
         }
     }
 
@@ -66,12 +70,6 @@ impl Throttle {
             None
         }
     }
-
-    /// Forgets the held-back count and the last line (the failure is over:
-    /// the next one is news and is logged at once).
-    pub fn reset(&self) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State::default();
-    }
 }
 
 impl Default for Throttle {
@@ -97,16 +95,6 @@ mod tests {
         assert_eq!(t.admit_at(start + Duration::from_secs(61)), None);
         assert_eq!(t.admit_at(start + Duration::from_secs(125)), Some(1));
         assert_eq!(t.admit_at(start + Duration::from_secs(300)), Some(0));
-    }
-
-    #[test]
-    fn after_a_reset_the_next_failure_is_logged_at_once() {
-        let t = Throttle::new(Duration::from_secs(60));
-        let start = Instant::now();
-        assert_eq!(t.admit_at(start), Some(0));
-        assert_eq!(t.admit_at(start + Duration::from_secs(1)), None);
-        t.reset();
-        assert_eq!(t.admit_at(start + Duration::from_secs(2)), Some(0));
     }
 
     #[test]

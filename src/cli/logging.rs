@@ -31,7 +31,7 @@ use crate::config::LogFormat;
 const DEFAULT_FILTER: &str = "info,sqlx=warn";
 
 /// Sets up tracing once per process: `POSTBACK_LOG_LEVEL` (`level`), else
-/// `RUST_LOG`, else [`DEFAULT_FILTER`].
+/// `RUST_LOG`, else `info` (sqlx from `warn` up).
 pub fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = level
         .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())

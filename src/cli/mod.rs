@@ -193,7 +193,7 @@ pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(err) => {
-                    tracing::error!(%err, "cannot watch SIGTERM");
+                    tracing::error!(error = %err, "cannot watch SIGTERM");
                     return;
                 }
             };
@@ -214,6 +214,42 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_start_up_line_shows_every_setting_of_serve() {
+        // Every optional setting set, so none is left out for being unset.
+        let full = Config {
+            database_url: Some("postgres://u:p@h/db".into()),
+            api_token: Some("t".into()),
+            signing_secret: Some("s".into()),
+            secrets_key: Some("k".into()),
+            operator_webhook: Some("https://ops.example/hook".parse().unwrap()),
+            egress_source_addr: Some("127.0.0.1".parse().unwrap()),
+            egress_proxy: Some("http://proxy.example:3128".parse().unwrap()),
+            log_level: Some("info".into()),
+            metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Config::default()
+        };
+        let shown: std::collections::BTreeSet<&str> = full
+            .effective_settings()
+            .0
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let settings: std::collections::BTreeSet<String> = serve
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        let shown: std::collections::BTreeSet<String> =
+            shown.into_iter().map(str::to_owned).collect();
+        assert_eq!(
+            shown, settings,
+            "Config::effective_settings and serve's settings differ"
+        );
     }
 
     #[test]
