@@ -319,6 +319,12 @@ fn families() -> BTreeMap<&'static str, Family> {
             m::OPERATOR_EVENTS,
             fam(false, &[("type", set(&m::EVENT_TYPES))]),
         ),
+        // Route templates and status codes: any value.
+        (
+            m::HTTP_REQUESTS,
+            fam(false, &[("route", set(&[])), ("status", set(&[]))]),
+        ),
+        (m::HTTP_REQUEST_DURATION, fam(true, &[("route", set(&[]))])),
     ])
 }
 
@@ -460,7 +466,7 @@ fn check_matchers(body: &str, fam: &Family, bucket: bool, context: &str, expr: &
         };
         for v in values {
             assert!(
-                allowed.contains(v),
+                allowed.is_empty() || allowed.contains(v),
                 "{context}: {label}={v:?} is not a SPEC value (allowed: {allowed:?}) in {expr:?}"
             );
         }
