@@ -162,6 +162,28 @@ fn looks_like_debug(text: &str) -> bool {
     text == "None" || text.contains("Some(") || struct_like || tuple_like
 }
 
+#[test]
+fn debug_text_is_recognised() {
+    for debug in [
+        "None",
+        "Some(3)",
+        "Some(2026-12-01 21:44:40.847 +00:00:00)",
+        "Duration(5)",
+        "Claimed { id: 1 }",
+    ] {
+        assert!(looks_like_debug(debug), "{debug}");
+    }
+    for data in [
+        "serve",
+        "attempt failed; retry scheduled",
+        "error sending request for url (http://h/)",
+        "127.0.0.1:8080",
+        "{}",
+    ] {
+        assert!(!looks_like_debug(data), "{data}");
+    }
+}
+
 fn is_rfc3339(text: &str) -> bool {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).is_ok()
 }
