@@ -47,23 +47,23 @@ impl RouteMetrics {
 
     fn record(&self, status: u16, seconds: f64) {
         self.duration.record(seconds);
-        let known = {
+        {
             let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
-            requests
-                .iter()
-                .find(|(s, _)| *s == status)
-                .map(|(_, c)| c.clone())
-        };
-        let counter = known.unwrap_or_else(|| {
-            let mut requests = self.requests.write().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, c)) = requests.iter().find(|(s, _)| *s == status) {
-                return c.clone();
+            if let Some((_, counter)) = requests.iter().find(|(s, _)| *s == status) {
+                counter.increment(1);
+                return;
             }
-            let c = metrics::counter!(HTTP_REQUESTS, "route" => self.route.clone(), "status" => status.to_string());
-            requests.push((status, c.clone()));
-            c
-        });
+        }
+        // First answer of this status on this route (another request may
+        // have made its counter meanwhile: look again under the write lock).
+        let mut requests = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, counter)) = requests.iter().find(|(s, _)| *s == status) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(HTTP_REQUESTS, "route" => self.route.clone(), "status" => status.to_string());
         counter.increment(1);
+        requests.push((status, counter));
     }
 }
 
