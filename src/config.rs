@@ -15,6 +15,9 @@ use ipnet::IpNet;
 
 use crate::schedule::RetryPolicy;
 
+mod effective;
+pub use effective::{redact_database_url, redact_url, EffectiveSettings, REDACTED};
+
 /// The default of every setting that has one, as its flag/env spelling
 /// (SPEC §1). The only place defaults are written: clap's `default_value`s
 /// and [`Config::default`] both use these.

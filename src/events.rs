@@ -63,7 +63,9 @@ impl Events {
         .await;
         match queued {
             Ok(()) => metrics::counter!(OPERATOR_EVENTS, "type" => kind).increment(1),
-            Err(err) => tracing::warn!(%err, event = kind, "could not queue an operator event"),
+            Err(err) => {
+                tracing::warn!(error = %err, event = kind, "could not queue an operator event")
+            }
         }
     }
 }

@@ -22,6 +22,7 @@
 //! | leaf | [`sealing`] | secrets at rest: AEAD sealing with `POSTBACK_SECRETS_KEY` |
 //! | leaf | [`pgcluster`] | the private PostgreSQL cluster of `serve` |
 //! | leaf | [`media`] | media files under `POSTBACK_MEDIA_ROOT`, opened once |
+//! | leaf | [`throttle`] | rate-limiting repeated warnings of background loops |
 //! | data | [`model`] | the wire types (jobs, callbacks, results, views) |
 //! | data | [`config`] | every setting, from flags/env or code |
 //! | data | [`store`] | PostgreSQL: schema, migrations, tables outside the hot path |
@@ -66,6 +67,7 @@ pub mod sealing;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod throttle;
 pub mod validate;
 
 pub use config::Config;

@@ -18,6 +18,7 @@ use sqlx::PgPool;
 
 use crate::state::{Completed, Outcome};
 use crate::store::Schema;
+use crate::throttle::{Throttle, BACKGROUND_EVERY};
 
 /// `postback_jobs_created_total` (counter).
 pub const JOBS_CREATED: &str = "postback_jobs_created_total";
@@ -43,6 +44,12 @@ pub const DATABASE_UP: &str = "postback_database_up";
 /// half open (rendered with the queue gauges: left out while the database
 /// is down).
 pub const DESTINATIONS_OPEN: &str = "postback_destinations_open";
+/// `postback_http_requests_total{route,status}` (counter): requests the
+/// API answered, by route template (`/v1/jobs/{jobId}`, or `unmatched`)
+/// and status code.
+pub const HTTP_REQUESTS: &str = "postback_http_requests_total";
+/// `postback_http_request_duration_seconds{route}` (histogram).
+pub const HTTP_REQUEST_DURATION: &str = "postback_http_request_duration_seconds";
 /// `postback_build_info{version}` (gauge, always 1).
 pub const BUILD_INFO: &str = "postback_build_info";
 /// `postback_operator_events_total{type}` (counter).
@@ -77,6 +84,8 @@ pub fn install() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(ATTEMPT_DURATION.into()), &buckets)
         .ok()?
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), &latency_buckets)
+        .ok()?
+        .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), &buckets)
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
@@ -115,12 +124,30 @@ fn describe() {
     for result in Completed::ALL {
         metrics::counter!(DELIVERIES_COMPLETED, "result" => result.as_str()).increment(0);
     }
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "Requests the API answered, by route template and status code."
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a request, by route template."
+    );
+    process_collector().describe();
     metrics::describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::describe_counter!(OPERATOR_EVENTS, "Operator events queued, by type.");
     for kind in EVENT_TYPES {
         metrics::counter!(OPERATOR_EVENTS, "type" => kind).increment(0);
     }
+}
+
+/// The standard `process_*` metrics (CPU seconds, resident and virtual
+/// memory, open and maximum file descriptors, start time, threads), as the
+/// Prometheus client libraries name them.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 /// What [`render`] appends: whether the database answers, and the queue as
@@ -161,6 +188,9 @@ pub fn database_up() -> bool {
 /// The exposition of `handle` plus `postback_database_up` and, while the
 /// database answers, the queue gauges.
 pub fn render(handle: &PrometheusHandle) -> String {
+    // `process_*` are read at the scrape: they cost a few reads of
+    // /proc/self, and are as fresh as the scrape.
+    process_collector().collect();
     let mut text = handle.render();
     let gauges = *database();
     text.push_str(&render_database_gauges(gauges));
@@ -256,6 +286,10 @@ pub async fn refresh_queue_gauges(pool: &PgPool, schema: &Schema) -> Result<(), 
     }
 }
 
+/// A refresh fails every tick while the database is away: one warning a
+/// minute.
+static GAUGES_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
+
 /// Refreshes the queue gauges every [`GAUGE_INTERVAL`] until `shutdown`.
 pub async fn run_gauges(
     pool: PgPool,
@@ -269,7 +303,9 @@ pub async fn run_gauges(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 if let Err(err) = refresh_queue_gauges(&pool, &schema).await {
-                    tracing::debug!(%err, "queue gauges not refreshed");
+                    if let Some(suppressed) = GAUGES_FAILED.admit() {
+                        tracing::warn!(error = %err, suppressed, "queue gauges not refreshed; next tick retries");
+                    }
                 }
             }
         }

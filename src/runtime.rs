@@ -15,6 +15,7 @@ use crate::delivery::Dispatcher;
 use crate::pgcluster::{Cluster, ClusterError};
 use crate::signing::SigningSecret;
 use crate::store::{self, Schema};
+use crate::throttle::{Throttle, BACKGROUND_EVERY};
 
 /// What the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,20 @@ pub enum Role {
     /// Workers (+ optional metrics listener) only.
     Worker,
 }
+
+impl Role {
+    /// The subcommand that runs it (`serve`, `worker`), as logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// The running version, as `postback --version` and `postback_build_info`
+/// show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why a process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +131,14 @@ impl Process {
         shutdown: &CancellationToken,
     ) -> Result<Process, StartError> {
         config.validate()?;
+        // What an operator checks first when a process misbehaves: which
+        // version runs with which settings (secrets redacted).
+        tracing::info!(
+            version = VERSION,
+            role = role.as_str(),
+            settings = %config.effective_settings(),
+            "starting"
+        );
         let mut cluster = None;
         if config.database_url.is_none() {
             // Not raced against `shutdown`: pg_ctl runs on a blocking thread
@@ -296,12 +319,12 @@ impl Process {
         }
         #[cfg(not(feature = "api"))]
         let _ = (waker, handoff);
-        tracing::info!(role = ?self.role, "running");
+        tracing::info!(version = VERSION, role = self.role.as_str(), "running");
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
             let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
             if let Err(err) = outcome {
-                tracing::error!(%err, "component failed; shutting down");
+                tracing::error!(error = %format!("{err:#}"), "component failed; shutting down");
                 shutdown.cancel();
                 first_error.get_or_insert(err);
             }
@@ -338,6 +361,11 @@ const BATCH_WRITERS: usize = 4;
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 const RETENTION_BATCH: i64 = 500;
 
+/// Housekeeping failures repeat on every pass while the database is away:
+/// one warning a minute of each kind.
+static RETENTION_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
+static ERASURE_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
+
 /// Purges expired jobs and deliveries in small batches until `shutdown`.
 async fn run_retention(pool: PgPool, schema: Schema, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(RETENTION_INTERVAL);
@@ -355,7 +383,9 @@ async fn run_retention(pool: PgPool, schema: Schema, shutdown: CancellationToken
                 Ok(p) if p.jobs == 0 && p.deliveries == 0 => break,
                 Ok(p) => tracing::info!(jobs = p.jobs, deliveries = p.deliveries, "purged expired"),
                 Err(err) => {
-                    tracing::debug!(%err, "retention pass failed; next tick retries");
+                    if let Some(suppressed) = RETENTION_FAILED.admit() {
+                        tracing::warn!(error = %err, suppressed, "retention pass failed; next tick retries");
+                    }
                     break;
                 }
             }
@@ -370,7 +400,9 @@ async fn finish_erasures(pool: &PgPool, schema: &Schema) {
     let ids = match store::customers::being_deleted(pool, schema).await {
         Ok(ids) => ids,
         Err(err) => {
-            tracing::warn!(%err, "could not look for customers being erased");
+            if let Some(suppressed) = ERASURE_FAILED.admit() {
+                tracing::warn!(error = %err, suppressed, "could not look for customers being erased; next pass retries");
+            }
             return;
         }
     };
@@ -385,7 +417,9 @@ async fn finish_erasures(pool: &PgPool, schema: &Schema) {
                 tracing::info!(customer_id = %id, rows = n, "finished erasing a deleted customer")
             }
             Err(err) => {
-                tracing::warn!(customer_id = %id, %err, "erasing a deleted customer failed; next pass retries")
+                if let Some(suppressed) = ERASURE_FAILED.admit() {
+                    tracing::warn!(customer_id = %id, error = %err, suppressed, "erasing a deleted customer failed; next pass retries");
+                }
             }
         }
     }
@@ -439,8 +473,10 @@ async fn stop_cluster(cluster: Option<Cluster>) {
         let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
         match stopped {
             Ok(Ok(())) => tracing::info!("private PostgreSQL stopped"),
-            Ok(Err(err)) => tracing::error!(%err, "private PostgreSQL did not stop cleanly"),
-            Err(err) => tracing::error!(%err, "private PostgreSQL stop task failed"),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "private PostgreSQL did not stop cleanly")
+            }
+            Err(err) => tracing::error!(error = %err, "private PostgreSQL stop task failed"),
         }
     }
 }

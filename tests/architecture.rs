@@ -125,6 +125,7 @@ fn leaves_stay_leaves_and_layers_point_down() {
         "signing",
         "pgcluster",
         "media",
+        "throttle",
     ] {
         let deps = graph.get(leaf).cloned().unwrap_or_default();
         assert!(

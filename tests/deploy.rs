@@ -336,6 +336,15 @@ fn families() -> BTreeMap<&'static str, Family> {
             m::OPERATOR_EVENTS,
             fam("counter", &[("type", set(&m::EVENT_TYPES))]),
         ),
+        // Route templates and status codes: any value.
+        (
+            m::HTTP_REQUESTS,
+            fam("counter", &[("route", set(&[])), ("status", set(&[]))]),
+        ),
+        (
+            m::HTTP_REQUEST_DURATION,
+            fam("histogram", &[("route", set(&[]))]),
+        ),
     ])
 }
 

@@ -58,7 +58,7 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, code, message.clone())
             }
             Error::Unavailable(e) => {
-                tracing::warn!(err = %e, "database unavailable");
+                tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     code,
@@ -66,7 +66,7 @@ impl From<Error> for ApiError {
                 )
             }
             Error::Database(e) => {
-                tracing::error!(err = %e, "database error");
+                tracing::error!(error = %e, "database error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     code,

@@ -16,6 +16,7 @@ mod customers;
 mod deliveries;
 mod destinations;
 mod error;
+mod http_metrics;
 mod jobs;
 mod openapi;
 mod ops;
@@ -34,6 +35,7 @@ use sqlx::PgPool;
 use utoipa::openapi::path::HttpMethod;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use http_metrics::UNMATCHED;
 pub use openapi::{openapi_json, ApiDoc};
 pub use server::{serve, ARRIVAL_DEADLINE, HEADER_TIMEOUT, MAX_CONNECTIONS};
 
@@ -170,6 +172,9 @@ impl AppState {
 /// `/v1` path without a token is 401, not 404 (SPEC §2).
 pub fn router(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    let paths: std::collections::BTreeSet<String> =
+        routes().into_iter().map(|(_, path)| path).collect();
+    let http_metrics = http_metrics::HttpMetricsLayer::new(paths.iter().map(String::as_str));
     Router::new()
         .merge(v1_routes().router)
         .merge(open_routes().router)
@@ -182,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             tower::ServiceBuilder::new()
+                .layer(http_metrics)
                 .layer(tower_http::request_id::SetRequestIdLayer::new(
                     request_id.clone(),
                     tower_http::request_id::MakeRequestUuid,
@@ -190,11 +196,7 @@ pub fn router(state: AppState) -> Router {
                     tower_http::trace::TraceLayer::new_for_http()
                         .make_span_with(access_span)
                         .on_request(())
-                        .on_response(
-                            tower_http::trace::DefaultOnResponse::new()
-                                .level(tracing::Level::INFO)
-                                .latency_unit(tower_http::LatencyUnit::Millis),
-                        )
+                        .on_response(access_line)
                         .on_failure(()),
                 )
                 .layer(tower_http::request_id::PropagateRequestIdLayer::new(
@@ -215,21 +217,43 @@ fn access_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
+    // The route template, when one matched: what the metrics label is.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str());
     tracing::info_span!(
         "request",
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
+        route,
     )
+}
+
+/// The access-log line of one request, inside its span: the status as a
+/// number and the latency in milliseconds as a number.
+fn access_line<B>(
+    response: &axum::http::Response<B>,
+    latency: std::time::Duration,
+    _: &tracing::Span,
+) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "finished processing request"
+    );
 }
 
 /// A router serving only `/metrics` (POSTBACK_METRICS_LISTEN).
 pub fn metrics_router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let handle = handle.clone();
-            async move { crate::metrics::render(&handle) }
-        }),
-    )
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { crate::metrics::render(&handle) }
+            }),
+        )
+        .layer(http_metrics::HttpMetricsLayer::new(["/metrics"]))
 }

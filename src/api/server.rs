@@ -73,7 +73,7 @@ async fn serve_with(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of descriptors and the like: pause, keep serving.
-                    tracing::warn!(%err, "accept failed");
+                    tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -98,7 +98,7 @@ async fn serve_with(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(%peer, err = %err, "connection ended with an error");
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(slot);
         });

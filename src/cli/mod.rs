@@ -9,6 +9,7 @@ mod destinations;
 mod find;
 mod healthcheck;
 mod listen;
+mod logging;
 mod migrate;
 mod serve;
 mod worker;
@@ -17,7 +18,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{headings, Config, LogFormat};
+use crate::config::{headings, Config};
+pub use logging::init_logging;
 
 /// Reliable outbound callback dispatcher.
 #[derive(Debug, Parser)]
@@ -202,26 +204,6 @@ pub fn start_failure(err: crate::runtime::StartError) -> Failure {
     }
 }
 
-/// Sets up tracing once per process (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat, level: Option<&str>) {
-    // POSTBACK_LOG_LEVEL, else RUST_LOG, else info (sqlx's per-statement
-    // lines only from warn up).
-    let filter = level
-        .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
-        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    // Colour only on a terminal: never escape codes in pipes and files.
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
-}
-
 /// Cancelled on the first SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
@@ -231,7 +213,7 @@ pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
                 Err(err) => {
-                    tracing::error!(%err, "cannot watch SIGTERM");
+                    tracing::error!(error = %err, "cannot watch SIGTERM");
                     return;
                 }
             };
@@ -252,6 +234,42 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_start_up_line_shows_every_setting_of_serve() {
+        // Every optional setting set, so none is left out for being unset.
+        let full = Config {
+            database_url: Some("postgres://u:p@h/db".into()),
+            api_token: Some("t".into()),
+            signing_secret: Some("s".into()),
+            secrets_key: Some("k".into()),
+            operator_webhook: Some("https://ops.example/hook".parse().unwrap()),
+            egress_source_addr: Some("127.0.0.1".parse().unwrap()),
+            egress_proxy: Some("http://proxy.example:3128".parse().unwrap()),
+            log_level: Some("info".into()),
+            metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Config::default()
+        };
+        let shown: std::collections::BTreeSet<&str> = full
+            .effective_settings()
+            .0
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let settings: std::collections::BTreeSet<String> = serve
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        let shown: std::collections::BTreeSet<String> =
+            shown.into_iter().map(str::to_owned).collect();
+        assert_eq!(
+            shown, settings,
+            "Config::effective_settings and serve's settings differ"
+        );
     }
 
     #[test]

@@ -27,9 +27,15 @@ use crate::queue::Waker;
 use crate::state::{DeliveryKind, DeliveryState};
 use crate::store::destinations::{self, OriginOutcomes, Transition};
 use crate::store::Schema;
+use crate::throttle::{Throttle, BACKGROUND_EVERY};
 
 /// How often a process looks for breakers whose probe is due.
 pub const PROBE_TICK: Duration = Duration::from_millis(250);
+
+/// A failing breaker update or probe pass repeats with every batch or tick
+/// while the database is away: one warning a minute of each.
+static UPDATE_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
+static PROBE_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
 
 /// The breaker settings of a process.
 #[derive(Debug, Clone)]
@@ -130,7 +136,9 @@ impl Breakers {
             Err(err) => {
                 // The outcomes are written; only the breaker's count missed
                 // this batch.
-                tracing::warn!(%err, "could not update circuit breakers");
+                if let Some(suppressed) = UPDATE_FAILED.admit() {
+                    tracing::warn!(error = %err, suppressed, "could not update circuit breakers");
+                }
                 return false;
             }
         };
@@ -151,7 +159,11 @@ impl Breakers {
                 next_probe_at,
                 ..
             } => {
-                tracing::info!(%origin, next_probe = %next_probe_at, "probe failed: circuit breaker open again, cooldown doubled");
+                let probe = next_probe_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok();
+                let next_probe = probe.as_deref();
+                tracing::info!(%origin, next_probe, "probe failed: circuit breaker open again, cooldown doubled");
                 return;
             }
             Transition::Opened {
@@ -164,7 +176,7 @@ impl Breakers {
                 let probe = next_probe_at
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
-                tracing::warn!(%origin, failures, next_probe = %probe, error = last_error.as_deref().unwrap_or(""), "circuit breaker open: deliveries to this origin wait for a probe");
+                tracing::warn!(%origin, failures, next_probe = %probe, error = last_error.as_deref(), "circuit breaker open: deliveries to this origin wait for a probe");
                 (
                     "destination.opened",
                     origin,
@@ -210,7 +222,11 @@ impl Breakers {
                     waker.wake();
                 }
                 Ok(_) => {}
-                Err(err) => tracing::debug!(%err, "probe pass failed; next tick retries"),
+                Err(err) => {
+                    if let Some(suppressed) = PROBE_FAILED.admit() {
+                        tracing::warn!(error = %err, suppressed, "probe pass failed; next tick retries");
+                    }
+                }
             }
         }
     }

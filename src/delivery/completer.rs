@@ -113,18 +113,18 @@ async fn flush(pool: &PgPool, schema: &Schema, retain: Duration, batch: &[Comple
             Err(err) if !is_outage(&err) && batch.len() > 1 => {
                 // One outcome the database refuses must not hold back the
                 // others: write them one by one.
-                tracing::warn!(%err, n = batch.len(), "batch of outcomes refused; writing them one by one");
+                tracing::warn!(error = %err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
                     Box::pin(flush(pool, schema, retain, std::slice::from_ref(one))).await;
                 }
                 return;
             }
             Err(err) if !is_outage(&err) => {
-                tracing::error!(%err, delivery_id = ?batch.first().map(|c| c.id), "outcome refused by the database; the delivery will be attempted again when its lease expires");
+                tracing::error!(error = %err, delivery_id = batch.first().map(|c| tracing::field::display(c.id)), "outcome refused by the database; the delivery will be attempted again when its lease expires");
                 return;
             }
             Err(err) => {
-                tracing::warn!(%err, ?backoff, n = batch.len(), "could not write outcomes; retrying");
+                tracing::warn!(error = %err, backoff_ms = backoff.as_millis() as u64, n = batch.len(), "could not write outcomes; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(FLUSH_BACKOFF_MAX);
             }

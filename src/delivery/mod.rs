@@ -114,7 +114,7 @@ impl Engine {
         let lease = time::Duration::try_from(self.lease).unwrap_or(time::Duration::MAX);
         let capacity = self.capacity.clone();
         let (pool, schema) = (self.pool.clone(), self.schema.clone());
-        let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref().unwrap_or(""), host = %d.host, attempt = d.cycle_attempts + 1);
+        let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref(), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
                 // No attempt may run past its lease (another worker may
@@ -149,7 +149,7 @@ impl Engine {
                                 drop(room);
                                 tracing::debug!(address = %key, "address full; delivery handed back");
                                 if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
-                                    tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                                    tracing::warn!(error = %err, "could not hand the delivery back; its lease will expire");
                                 }
                                 return;
                             }
@@ -177,7 +177,7 @@ impl Engine {
                             drop((address, room, body_bytes));
                             tracing::debug!(len = d.body_len, "body not read in time; delivery handed back");
                             if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
-                                tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                                tracing::warn!(error = %err, "could not hand the delivery back; its lease will expire");
                             }
                             return;
                         }
@@ -186,9 +186,9 @@ impl Engine {
                 let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
                 if left_of_lease < attempt_needs {
                     drop((address, room, body_bytes));
-                    tracing::warn!(?left_of_lease, "too little of the lease left for an attempt; delivery handed back");
+                    tracing::warn!(left_of_lease_ms = left_of_lease.as_millis() as u64, "too little of the lease left for an attempt; delivery handed back");
                     if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
-                        tracing::warn!(%err, "could not hand the delivery back; its lease will expire");
+                        tracing::warn!(error = %err, "could not hand the delivery back; its lease will expire");
                     }
                     return;
                 }
@@ -356,11 +356,22 @@ impl Dispatcher {
         // Attempts in flight finish, handed-off ones too (a reservation
         // counts as in flight); nothing else was claimed. Then their
         // outcomes are written.
+        let in_flight = claims.engine.capacity.tracker().len();
+        let draining = std::time::Instant::now();
+        tracing::info!(
+            in_flight,
+            "draining: no more claims; waiting for the attempts in flight"
+        );
         claims.engine.capacity.close_and_wait().await;
         consumer.abort();
         drop(claims);
         helpers.cancel();
         let _ = completer.await;
+        tracing::info!(
+            in_flight,
+            waited_ms = draining.elapsed().as_millis() as u64,
+            "drained: the attempts in flight finished and their outcomes are written"
+        );
         let _ = listener.await;
         let _ = follower.await;
         let _ = prober.await;
@@ -477,7 +488,7 @@ impl ClaimLoop {
         if err.is_unavailable() {
             crate::metrics::database_reached(false);
         }
-        tracing::warn!(%err, ?wait, "claim failed; retrying");
+        tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "claim failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => Turn::Stop,
             _ = tokio::time::sleep(wait) => Turn::Again,
@@ -507,7 +518,7 @@ impl ClaimLoop {
             return;
         }
         if let Err(err) = claim::release(&self.pool, &self.schema, items).await {
-            tracing::warn!(%err, n = items.len(), "could not release claimed deliveries; their lease will expire");
+            tracing::warn!(error = %err, n = items.len(), "could not release claimed deliveries; their lease will expire");
         }
     }
 
@@ -602,17 +613,76 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
             // Both on the database's clock.
             let latency = (completion.started_at + report.duration) - d.queued_at;
             metrics::histogram!(m::DELIVERY_LATENCY).record(latency.as_seconds_f64().max(0.0));
-            tracing::debug!(status = ?report.status_code, "delivered");
         }
         DeliveryState::Failed => {
             metrics::counter!(m::DELIVERIES_COMPLETED, "result" => Completed::Failed.as_str())
                 .increment(1);
-            tracing::warn!(outcome, status = ?report.status_code, "delivery failed for good");
         }
-        DeliveryState::Pending | DeliveryState::Delivering => {
-            tracing::info!(outcome, status = ?report.status_code, next = ?completion.next_attempt_at, "attempt failed; retry scheduled")
+        DeliveryState::Pending | DeliveryState::Delivering => {}
+    }
+    log_attempt(report, completion);
+}
+
+/// Most characters of the error text an attempt's log line carries (the
+/// whole snippet is in the delivery's attempts).
+pub const LOGGED_ERROR_CHARS: usize = 200;
+
+/// The attempt's log line (inside its span: delivery, job, host, attempt
+/// number): typed status and duration, the error text when it failed, and
+/// when the next attempt is due.
+fn log_attempt(report: &AttemptReport, completion: &Completion) {
+    let outcome = report.outcome.as_str();
+    let status = report.status_code;
+    let duration_ms = report.duration.as_millis().min(u64::MAX as u128) as u64;
+    if completion.state == DeliveryState::Delivered {
+        tracing::debug!(outcome, status, duration_ms, "delivered");
+        return;
+    }
+    let error = report
+        .snippet
+        .as_deref()
+        .map(|text| bounded(text, LOGGED_ERROR_CHARS));
+    let error = error.as_deref();
+    match completion.next_attempt_at {
+        None => {
+            tracing::warn!(
+                outcome,
+                status,
+                duration_ms,
+                error,
+                "delivery failed for good"
+            )
+        }
+        Some(next) => {
+            let next = next
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok();
+            let next_attempt_at = next.as_deref();
+            tracing::info!(
+                outcome,
+                status,
+                duration_ms,
+                error,
+                next_attempt_at,
+                "attempt failed; retry scheduled"
+            )
         }
     }
+}
+
+/// `text` cut to at most `max` characters (on a character boundary, with
+/// `…` when cut), line breaks and other control characters as spaces: one
+/// log line stays one line, whatever a receiver answered.
+fn bounded(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -691,5 +761,16 @@ mod tests {
         assert_eq!(mid.state, DeliveryState::Pending);
         let next = mid.next_attempt_at.expect("a retry");
         assert!(next <= started + Span::hours(36), "{next} past the horizon");
+    }
+
+    #[test]
+    fn logged_error_text_is_bounded_and_one_line() {
+        assert_eq!(bounded("connection refused", 200), "connection refused");
+        let long = "é".repeat(300);
+        let cut = bounded(&long, LOGGED_ERROR_CHARS);
+        assert_eq!(cut.chars().count(), LOGGED_ERROR_CHARS + 1, "{cut}");
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("a\nb\r\tc", 200), "a b  c");
+        assert_eq!(bounded(&"x".repeat(200), 200), "x".repeat(200));
     }
 }

@@ -25,6 +25,11 @@ use crate::sealing::Keyring;
 use crate::signing::SigningSecret;
 use crate::store::customers::{self, CHANGE_CHANNEL};
 use crate::store::Schema;
+use crate::throttle::{Throttle, BACKGROUND_EVERY};
+
+/// Fails on every reconnect while the database is away: one warning a
+/// minute.
+static LISTEN_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
 
 /// Why an attempt has no secret to sign with.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +156,9 @@ impl Secrets {
             let mut listener = match subscribed {
                 Ok(listener) => listener,
                 Err(err) => {
-                    tracing::debug!(%err, "customer LISTEN failed; secrets are read fresh meanwhile");
+                    if let Some(suppressed) = LISTEN_FAILED.admit() {
+                        tracing::warn!(error = %err, suppressed, "customer LISTEN failed; secrets are read fresh meanwhile");
+                    }
                     // Without announcements the cache could go stale.
                     self.clear();
                     tokio::select! {

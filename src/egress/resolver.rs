@@ -229,7 +229,7 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let all = this.lookup_all(&host).await?;
             let permitted = filter(&this.policy, this.source_addr, &host, all)?;
-            tracing::trace!(%host, addresses = ?permitted, "resolved destination");
+            tracing::trace!(%host, addresses = %permitted.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "resolved destination");
             // Port 0: the client substitutes the URL's port.
             let addrs: Addrs = Box::new(permitted.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)

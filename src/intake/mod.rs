@@ -228,7 +228,7 @@ impl Postback {
         .await
         .map_err(|e| {
             // A renderer panicked: nothing was stored.
-            tracing::error!(%e, job_id, "rendering the result's callbacks failed");
+            tracing::error!(error = %e, job_id, "rendering the result's callbacks failed");
             Error::Database(sqlx::Error::WorkerCrashed)
         })?;
         let Rendered { deliveries, bodies } = rendered?;

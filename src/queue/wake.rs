@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
+use crate::throttle::{Throttle, BACKGROUND_EVERY};
 
 /// The channel workers LISTEN on; every enqueue NOTIFYs it on commit.
 pub const WAKE_CHANNEL: &str = "postback_due";
@@ -97,7 +98,9 @@ impl Notifier {
                     .await;
                 if let Err(err) = sent {
                     // Workers still poll; a lost wake-up costs latency only.
-                    tracing::debug!(%err, "wake-up NOTIFY failed");
+                    if let Some(suppressed) = NOTIFY_FAILED.admit() {
+                        tracing::warn!(error = %err, suppressed, "wake-up NOTIFY failed; workers poll meanwhile");
+                    }
                 }
             }
             self.state.running.store(false, Ordering::SeqCst);
@@ -111,6 +114,11 @@ impl Notifier {
         }
     }
 }
+
+/// Background failures that repeat while the database is away: one
+/// warning a minute of each.
+static NOTIFY_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
+static LISTEN_FAILED: Throttle = Throttle::new(BACKGROUND_EVERY);
 
 /// Keeps a LISTEN connection open (reconnecting with backoff while the
 /// database is away) and wakes `waker` on every notification, until `stop`.
@@ -134,7 +142,9 @@ pub async fn listen(pool: PgPool, waker: Waker, stop: CancellationToken) {
                 }
             }
             Err(err) => {
-                tracing::debug!(%err, "LISTEN failed; polling meanwhile");
+                if let Some(suppressed) = LISTEN_FAILED.admit() {
+                    tracing::warn!(error = %err, suppressed, "LISTEN failed; polling meanwhile");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

@@ -130,7 +130,7 @@ pub async fn connect(url: &str, schema: &Schema, max_connections: u32) -> Result
                 .with_max_times(15),
         )
         .when(is_connectivity)
-        .notify(|err, wait| tracing::warn!(%err, ?wait, "database not reachable yet, retrying"))
+        .notify(|err, wait| tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "database not reachable yet, retrying"))
         .await?;
     Ok(pool)
 }
@@ -163,7 +163,7 @@ pub async fn connect_within(
                 break;
             }
             Ok(Err(err)) if is_connectivity(&err) && left > RETRY_PAUSE * 2 => {
-                tracing::debug!(%err, "database not reachable yet, retrying");
+                tracing::debug!(error = %err, "database not reachable yet, retrying");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Ok(Err(err)) => return Err(err.into()),

@@ -330,6 +330,141 @@ async fn listen_receives_a_signed_callback_from_serve_and_reports_it_verified() 
     app.stop().await;
 }
 
+/// A signed request to a `listen` at `base`: (status, validation-token echoed).
+async fn send_signed(base: &str, secret: &str, body: &str) -> (u16, Option<String>) {
+    let secret = postback::signing::SigningSecret::parse(secret).unwrap();
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut signer = postback::signing::Signer::new(&secret, "msg_ok", ts);
+    signer.update(body.as_bytes());
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/signed?x=1"))
+        .header("validation-token", "tok-1")
+        .header("webhook-id", "msg_ok")
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", signer.finish())
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let echoed = answer
+        .headers()
+        .get("validation-token")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (answer.status().as_u16(), echoed)
+}
+
+#[tokio::test]
+async fn listen_binds_where_asked_answers_the_status_given_rejects_bad_signatures_and_prints_json()
+{
+    let port = postback_test_support::child::free_port().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["listen", "--bind", "127.0.0.2", "--port", &port.to_string()])
+        .args([
+            "--secret",
+            SECRET,
+            "--respond",
+            "503",
+            "--reject-invalid",
+            "--json",
+        ])
+        .env_remove("POSTBACK_SIGNING_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let _guard = ChildGuard(child);
+    let base = format!("http://127.0.0.2:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.2", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "listen did not bind 127.0.0.2:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Only the address asked for: not 127.0.0.1.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let mut seen = Vec::new();
+
+    // A good signature gets the --respond status, and one JSON line.
+    let (status, echoed) = send_signed(&base, SECRET, r#"{"hello":"json"}"#).await;
+    assert_eq!(status, 503);
+    assert_eq!(echoed.as_deref(), Some("tok-1"));
+    let line = wait_line(&rx, &mut seen, Duration::from_secs(10), |l| {
+        l.starts_with('{')
+    });
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/signed?x=1");
+    assert_eq!(
+        v["body"],
+        json!({"hello": "json"}),
+        "the body as JSON, not text"
+    );
+    assert_eq!(v["bytes"], 16);
+    assert_eq!(v["truncated"], false);
+    assert_eq!(v["signature"], "verified");
+    assert_eq!(v["status"], 503);
+    assert_eq!(v["headers"]["webhook-id"], "msg_ok");
+
+    // A bad one: 401 with --reject-invalid, and the line says why.
+    let other = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let (status, _) = send_signed(&base, other, "plain text").await;
+    assert_eq!(status, 401);
+    let line = wait_line(&rx, &mut seen, Duration::from_secs(10), |l| {
+        l.starts_with('{')
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["body"], "plain text");
+    assert_eq!(v["status"], 401);
+    assert!(
+        v["signature"].as_str().unwrap().starts_with("INVALID"),
+        "{v}"
+    );
+    // Unsigned: invalid too.
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/unsigned"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    let line = wait_line(&rx, &mut seen, Duration::from_secs(10), |l| {
+        l.starts_with('{')
+    });
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v.get("body").is_none(), "an empty body is left out: {v}");
+    assert_eq!(v["bytes"], 0);
+    assert!(
+        seen.iter().all(|l| l.starts_with('{')),
+        "--json prints only JSON lines: {seen:?}"
+    );
+}
+
+#[test]
+fn listen_bad_flags_are_exit_2_naming_the_flag() {
+    for (args, flag) in [
+        (vec!["--respond", "99"], "--respond"),
+        (vec!["--respond", "600"], "--respond"),
+        (vec!["--respond", "ok"], "--respond"),
+        (vec!["--port", "70000"], "--port"),
+        (vec!["--bind", "localhost:80"], "--bind"),
+        (vec!["--secret", "not-a-secret"], "--secret"),
+        (vec!["--reject-invalid"], "--secret"),
+        (vec!["--json=yes"], "--json"),
+    ] {
+        let mut cmd = crate::helpers::postback();
+        cmd.arg("listen");
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        let (code, out, err) = run(cmd.args(&args));
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(flag), "{args:?} should name {flag}: {err}");
+    }
+}
+
 /// Parses the Prometheus text format into (name{labels}, value) pairs.
 fn parse_metrics(text: &str) -> Vec<(String, f64)> {
     text.lines()

@@ -642,8 +642,11 @@ async fn the_access_log_names_each_request_id() {
     assert_eq!(lines.len(), 1, "one access-log line for the request: {log}");
     let line: Value = serde_json::from_str(lines[0]).expect("a JSON log line");
     assert_eq!(line["status"], 200, "{line}");
-    assert_eq!(line["span"]["path"], "/v1/egress", "{line}");
-    assert_eq!(line["span"]["request_id"], "access-log-7f3a", "{line}");
+    // Span fields are flattened into the line, once, in camelCase.
+    assert_eq!(line["span"], "request", "{line}");
+    assert_eq!(line["path"], "/v1/egress", "{line}");
+    assert_eq!(line["route"], "/v1/egress", "{line}");
+    assert_eq!(line["requestId"], "access-log-7f3a", "{line}");
 }
 
 // ---- Finding 2: TLS to PostgreSQL -----------------------------------------
