@@ -246,13 +246,11 @@ impl Upstream {
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        let authorization =
-            (!proxy.username().is_empty() || proxy.password().is_some()).then(|| {
-                basic(
-                    &decode(proxy.username()),
-                    &decode(proxy.password().unwrap_or_default()),
-                )
-            });
+        // As the client does for `http` destinations: credentials only
+        // when the URL has a password.
+        let authorization = proxy
+            .password()
+            .map(|password| basic(&decode(proxy.username()), &decode(password)));
         Ok(Upstream {
             host,
             port,
@@ -1686,6 +1684,9 @@ mod tests {
         );
         assert_eq!((up.host.as_str(), up.port), ("proxy.example", 3128));
         assert!(up.tls.is_none());
+        let up = Upstream::new(&Url::parse("http://u@proxy.example").expect("url"), &[])
+            .expect("upstream");
+        assert_eq!(up.authorization, None, "no password, no credentials");
         let up = Upstream::new(&Url::parse("https://[::1]").expect("url"), &[]).expect("upstream");
         assert_eq!((up.host.as_str(), up.port), ("::1", 443));
         assert!(up.tls.is_some() && up.authorization.is_none());
