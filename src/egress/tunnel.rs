@@ -504,7 +504,12 @@ impl Inner {
                 .resolver
                 .resolve_all_permitted(name)
                 .await
-                .map(|all| all[0]),
+                .and_then(|all| {
+                    // Never empty; refused rather than trusted if it were.
+                    all.first().copied().ok_or_else(|| {
+                        ResolveFailure::Blocked(BlockedDestination::policy(name.as_str()))
+                    })
+                }),
             Host::Ipv4(v4) => self.literal(IpAddr::V4(*v4), connect),
             Host::Ipv6(v6) => self.literal(IpAddr::V6(*v6), connect),
         };
@@ -727,7 +732,10 @@ fn parse_authority(target: &str) -> Option<Connect> {
 /// Which way bytes last went through a tunnel, and when (milliseconds
 /// since `epoch`): a tunnel whose last bytes went to the client holds a
 /// finished exchange, one whose last bytes came from it waits for an
-/// answer. (One task moves both directions, so "last" is well defined.)
+/// answer. (One task moves both directions, so "last" is well defined.
+/// A response that pauses longer than [`IDLE_GRACE`] mid-body looks idle
+/// too: at the cap it may be closed; its attempt keeps what already
+/// arrived, or fails and is retried like any broken connection.)
 struct Activity {
     epoch: Instant,
     last_to_client: AtomicBool,
