@@ -221,7 +221,15 @@ impl Sender {
                 request.headers(headers)
             }
         };
-        request.send().await.map_err(classify)
+        let sent = Instant::now();
+        request.send().await.map_err(|e| {
+            // Through a proxy, a tunnel the shim refused by the policy
+            // reaches us only as an unsuccessful tunnel.
+            match self.egress.refused_tunnel(&url, sent) {
+                Some(blocked) => Failure::new(Outcome::BlockedDestination, blocked.to_string()),
+                None => classify(e),
+            }
+        })
     }
 
     fn headers(&self, d: &Claimed, msg_id: &str, timestamp: i64) -> Result<HeaderMap, Failure> {
@@ -534,6 +542,71 @@ mod tests {
             .await
             .is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Through a proxy, an https destination whose name re-resolves to an
+    /// internal address between the preflight and the tunnel is refused by
+    /// the CONNECT shim; the attempt records `blocked_destination`, not a
+    /// connect error. (The shim refuses before it contacts the proxy, so
+    /// the proxy address here is never used.)
+    #[tokio::test]
+    async fn a_tunnel_refused_by_the_shim_is_a_blocked_destination() {
+        let policy =
+            crate::egress::EgressPolicy::new(vec!["127.0.0.2/32".parse().expect("net")], vec![]);
+        let resolver = crate::egress::resolver::tests::offline(policy, None).with_answers(
+            "localhost",
+            vec![vec![[127, 0, 0, 2].into()], vec![[127, 0, 0, 3].into()]],
+        );
+        let egress = Egress::with_resolver(
+            crate::egress::EgressSettings {
+                proxy: Some("http://127.0.0.1:9".parse().expect("url")),
+                policy: resolver.policy().clone(),
+                ..Default::default()
+            },
+            Duration::from_secs(2),
+            resolver,
+        )
+        .expect("egress");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://unused@127.0.0.1:9/unused")
+            .expect("lazy pool, never connected: no customer");
+        let keys = Arc::new(Keyring::clear());
+        let secrets = Arc::new(Secrets::new(
+            pool,
+            crate::store::Schema::default(),
+            keys.clone(),
+            SigningSecret::generate(),
+        ));
+        let sender = Sender::new(egress, secrets, keys, Duration::from_secs(5));
+        let now = OffsetDateTime::now_utc();
+        let claimed = Claimed {
+            id: uuid::Uuid::new_v4(),
+            job_id: None,
+            customer_id: None,
+            kind: crate::state::DeliveryKind::Generic,
+            method: Method::Post,
+            url: "https://localhost:8443/cb".into(),
+            host: "localhost".into(),
+            origin: None,
+            lease: uuid::Uuid::new_v4(),
+            cycle_attempts: 0,
+            cycle_started_at: None,
+            queued_at: now,
+            claimed_at: now,
+            content_type: "application/json".into(),
+            headers: serde_json::json!({}),
+            auth: None,
+            body: None,
+            body_len: 0,
+            file_path: None,
+        };
+        let report = sender.attempt(&claimed).await;
+        assert_eq!(report.outcome, Outcome::BlockedDestination, "{report:?}");
+        let snippet = report.snippet.unwrap_or_default();
+        assert!(
+            snippet.starts_with("blocked destination: localhost"),
+            "{snippet}"
+        );
     }
 
     #[test]

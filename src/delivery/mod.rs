@@ -231,6 +231,7 @@ impl Dispatcher {
                 config.egress_allow.clone(),
                 config.egress_deny.clone(),
             )),
+            max_tunnels: config.concurrency,
         };
         let egress = Egress::new(settings, config.attempt_timeout)?;
         let waker = Waker::default();

@@ -6,7 +6,7 @@
 //! keep-alive pooling. Also owns [`Egress::preflight`], which covers what the
 //! resolver cannot see: IP-literal hosts (the client connects to them without
 //! resolving) and, with a proxy, the destination name (the client only
-//! resolves the proxy's name; the proxy resolves the target).
+//! resolves the proxy's name; the proxy would resolve the target).
 //!
 //! It must not build requests, set the user agent, sign, time out whole
 //! attempts or classify responses: the delivery worker does that with the
@@ -20,23 +20,31 @@
 //! `Host` header: the proxy is sent an absolute-form request to that IP
 //! literal and connects only there. (A proxy that follows RFC 9112 §3.2.2
 //! rewrites `Host` from the request target, so the receiver then sees the
-//! address as `Host`.) For an `https` destination the client still sends
-//! `CONNECT name:port` and the proxy resolves the name itself: closing that
-//! gap needs a tunnel to the checked address with the name kept for SNI and
-//! certificate checks, which reqwest cannot do; a proxy that filters
-//! destinations itself (e.g. Smokescreen) closes it meanwhile.
+//! address as `Host`.) For an `https` destination the client's proxy is the
+//! CONNECT shim of `tunnel.rs`, which this module starts with the
+//! client and stops with the last clone of its [`Egress`]: the shim checks
+//! the name again when the tunnel is opened and asks the real proxy for
+//! `CONNECT <checked-ip>:port`, while TLS (SNI, certificate checks) stays
+//! with the name, end to end. [`Egress::refused_tunnel`] tells the attempt
+//! that the shim refused its destination.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rustls::pki_types::CertificateDer;
 use url::{Host, Url};
 
 use super::policy::EgressPolicy;
-use super::resolver::{BlockReason, BlockedDestination, GuardedResolver};
+use super::resolver::{BlockReason, BlockedDestination, GuardedResolver, ResolveFailure};
+use super::tunnel::{Shim, ShimSettings};
+
+/// [`EgressSettings::max_tunnels`] by default: the default delivery
+/// concurrency (`POSTBACK_CONCURRENCY`).
+pub const DEFAULT_MAX_TUNNELS: usize = 256;
 
 /// Connection identity and destination policy of outbound deliveries.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EgressSettings {
     /// Local address every outbound connection binds to
     /// (`POSTBACK_EGRESS_SOURCE_ADDR`).
@@ -45,6 +53,20 @@ pub struct EgressSettings {
     pub proxy: Option<Url>,
     /// Which destination addresses may be reached.
     pub policy: Arc<EgressPolicy>,
+    /// With a proxy, at most this many `https` tunnels are open at once
+    /// (the delivery concurrency).
+    pub max_tunnels: usize,
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        EgressSettings {
+            source_addr: None,
+            proxy: None,
+            policy: Arc::default(),
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+        }
+    }
 }
 
 /// The egress settings cannot be turned into a client. Messages name the
@@ -73,6 +95,9 @@ pub enum EgressError {
     /// Client construction failed (e.g. TLS roots).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    /// The CONNECT shim for `https` destinations could not be started.
+    #[error("cannot start the tunnel to POSTBACK_EGRESS_PROXY for https destinations: {0}")]
+    Tunnel(#[source] std::io::Error),
 }
 
 /// Why a preflight check refused to let an attempt start.
@@ -99,29 +124,20 @@ impl From<BlockedDestination> for PreflightError {
     }
 }
 
-/// Builds the delivery client with a guarded resolver using the system DNS
-/// configuration.
-pub fn build_client(
-    settings: &EgressSettings,
-    connect_timeout: Duration,
-) -> Result<reqwest::Client, EgressError> {
-    let resolver = GuardedResolver::from_system(settings.policy.clone(), settings.source_addr);
-    build_client_with_resolver(settings, connect_timeout, resolver)
-}
-
-/// Builds the delivery client with the given guarded resolver (which is not
-/// used when a proxy is configured).
-pub fn build_client_with_resolver(
+/// Builds the delivery client; with a proxy, also the CONNECT shim its
+/// `https` requests go through (which lives as long as the returned handle).
+fn build_client(
     settings: &EgressSettings,
     connect_timeout: Duration,
     resolver: GuardedResolver,
-) -> Result<reqwest::Client, EgressError> {
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<(reqwest::Client, Option<Arc<Shim>>), EgressError> {
     if let Some(addr) = settings.source_addr {
         // Fails now rather than on every attempt; sends nothing.
         std::net::UdpSocket::bind((addr, 0))
             .map_err(|source| EgressError::SourceAddr { addr, source })?;
     }
-    let builder = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .referer(false)
         .local_address(settings.source_addr)
@@ -133,25 +149,41 @@ pub fn build_client_with_resolver(
         // of a drain's CPU spent connecting with a cap of 64 and 256 in flight).
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true);
-    let builder = match &settings.proxy {
+    for root in extra_roots {
+        let cert = reqwest::Certificate::from_der(root).map_err(EgressError::Client)?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let (builder, shim) = match &settings.proxy {
         Some(proxy_url) => {
             if !matches!(proxy_url.scheme(), "http" | "https") {
                 return Err(EgressError::ProxyScheme(proxy_url.scheme().to_owned()));
             }
-            let proxy = reqwest::Proxy::all(proxy_url.as_str())
-                .map_err(|source| EgressError::Proxy {
-                    url: redact(proxy_url),
-                    source,
-                })?
+            let proxy_error = |source| EgressError::Proxy {
+                url: redact(proxy_url),
+                source,
+            };
+            let http = reqwest::Proxy::http(proxy_url.as_str())
+                .map_err(proxy_error)?
                 .no_proxy(None);
+            let shim = Shim::start(ShimSettings {
+                proxy: proxy_url.clone(),
+                resolver,
+                max_tunnels: settings.max_tunnels,
+                source_addr: settings.source_addr,
+                connect_timeout,
+                extra_roots: extra_roots.to_vec(),
+            })
+            .map_err(EgressError::Tunnel)?;
+            let https = shim.proxy().map_err(proxy_error)?;
             // The proxy's own name is resolved by the client's default
-            // resolver: the proxy is trusted, the guard is for targets.
-            builder.proxy(proxy)
+            // resolver (for `http`) or the shim's system lookup (for
+            // `https`): the proxy is trusted, the guard is for targets.
+            (builder.proxy(http).proxy(https), Some(Arc::new(shim)))
         }
         // no_proxy(): ignore HTTP_PROXY & co., which would bypass the guard.
-        None => builder.no_proxy().dns_resolver(Arc::new(resolver)),
+        None => (builder.no_proxy().dns_resolver(Arc::new(resolver)), None),
     };
-    builder.build().map_err(EgressError::Client)
+    Ok((builder.build().map_err(EgressError::Client)?, shim))
 }
 
 fn redact(url: &Url) -> String {
@@ -189,6 +221,9 @@ pub struct Egress {
     settings: EgressSettings,
     client: reqwest::Client,
     resolver: GuardedResolver,
+    /// With a proxy: where `https` requests are tunnelled (stops when the
+    /// last clone is dropped).
+    shim: Option<Arc<Shim>>,
 }
 
 impl Egress {
@@ -200,17 +235,60 @@ impl Egress {
 
     /// Builds the client around the given resolver (tests, custom DNS).
     /// The resolver should enforce `settings.policy`.
+    ///
+    /// With a proxy, this must run inside a Tokio runtime: the CONNECT shim
+    /// is started on it.
     pub fn with_resolver(
         settings: EgressSettings,
         connect_timeout: Duration,
         resolver: GuardedResolver,
     ) -> Result<Self, EgressError> {
-        let client = build_client_with_resolver(&settings, connect_timeout, resolver.clone())?;
+        Self::build(settings, connect_timeout, resolver, &[])
+    }
+
+    /// Unit tests only: also trusts `roots` (certificates made by the test).
+    #[cfg(test)]
+    pub(crate) fn with_roots(
+        settings: EgressSettings,
+        connect_timeout: Duration,
+        resolver: GuardedResolver,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, EgressError> {
+        Self::build(settings, connect_timeout, resolver, roots)
+    }
+
+    fn build(
+        settings: EgressSettings,
+        connect_timeout: Duration,
+        resolver: GuardedResolver,
+        roots: &[CertificateDer<'static>],
+    ) -> Result<Self, EgressError> {
+        let (client, shim) = build_client(&settings, connect_timeout, resolver.clone(), roots)?;
         Ok(Self {
             settings,
             client,
             resolver,
+            shim,
         })
+    }
+
+    /// Unit tests only: the CONNECT shim, when there is a proxy.
+    #[cfg(test)]
+    pub(crate) fn shim(&self) -> Option<&Shim> {
+        self.shim.as_deref()
+    }
+
+    /// Why the proxy tunnel of an `https` request to `url` was refused at
+    /// or after `since`, when the CONNECT shim refused it by the policy (the
+    /// client only reports an unsuccessful tunnel). The attempt then records
+    /// `blocked_destination`.
+    pub fn refused_tunnel(&self, url: &Url, since: Instant) -> Option<BlockedDestination> {
+        let shim = self.shim.as_ref()?;
+        if url.scheme() != "https" {
+            return None;
+        }
+        let authority = format!("{}:{}", url.host()?, url.port_or_known_default()?);
+        shim.refusal(&authority, since)
     }
 
     /// The address an attempt to `url` connects to (the first permitted one
@@ -255,7 +333,9 @@ impl Egress {
     ///
     /// With a proxy and an `http` destination, the [`Target`] names the
     /// first checked address instead of the name, so the proxy connects
-    /// to what was checked and never resolves the name again.
+    /// to what was checked and never resolves the name again. An `https`
+    /// destination keeps its URL: the CONNECT shim checks the name again
+    /// when it opens a tunnel and tunnels to the address it checked.
     pub async fn preflight(&self, url: &Url) -> Result<Target, PreflightError> {
         let host = match url.host() {
             Some(Host::Ipv4(v4)) => {
@@ -274,17 +354,17 @@ impl Egress {
         if self.settings.proxy.is_none() {
             return Ok(Target::unchanged(url));
         }
-        let all =
-            self.resolver
-                .lookup_all(host)
-                .await
-                .map_err(|e| PreflightError::Unresolvable {
+        let all = self
+            .resolver
+            .resolve_all_permitted(host)
+            .await
+            .map_err(|e| match e {
+                ResolveFailure::Blocked(blocked) => PreflightError::Blocked(blocked),
+                ResolveFailure::Dns(e) => PreflightError::Unresolvable {
                     host: host.to_owned(),
                     message: e.to_string(),
-                })?;
-        if all.is_empty() || all.iter().any(|ip| !self.settings.policy.permits(*ip)) {
-            return Err(BlockedDestination::policy(host).into());
-        }
+                },
+            })?;
         match (url.scheme(), all.first()) {
             ("http", Some(ip)) => {
                 let authority = match url.port() {
@@ -335,7 +415,7 @@ impl Egress {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Every socket here is a loopback listener bound by the test itself;
     //! the resolver has no name server, so no packet leaves 127.0.0.0/8.
     use super::*;
@@ -350,7 +430,7 @@ mod tests {
 
     const MAX_CONNECTIONS: usize = 16;
 
-    async fn bounded<F: Future>(f: F) -> F::Output {
+    pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(20), f)
             .await
             .expect("test exceeded 20s")
@@ -369,8 +449,8 @@ mod tests {
     }
 
     /// A parsed request head.
-    struct Head {
-        request_line: String,
+    pub(crate) struct Head {
+        pub(crate) request_line: String,
         headers: Vec<(String, String)>,
     }
 
@@ -384,7 +464,7 @@ mod tests {
     }
 
     /// Reads one request head and its Content-Length body; None at EOF.
-    async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    pub(crate) async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
         r: &mut R,
     ) -> Option<(Head, Vec<u8>)> {
         let mut request_line = String::new();
@@ -698,9 +778,9 @@ mod tests {
 
     /// A real forward proxy (Debian's `tinyproxy`, installed by `.ci/run`)
     /// on 127.0.0.1, with a config file written here; stopped on drop.
-    struct Tinyproxy {
+    pub(crate) struct Tinyproxy {
         child: std::process::Child,
-        url: Url,
+        pub(crate) url: Url,
         dir: std::path::PathBuf,
     }
 
@@ -712,7 +792,17 @@ mod tests {
                 .find(|p| p.exists())
         }
 
-        async fn start() -> Tinyproxy {
+        pub(crate) async fn start() -> Tinyproxy {
+            Self::start_with("").await
+        }
+
+        /// What it logged so far (each request line is there at `Info`).
+        pub(crate) fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("tinyproxy.log")).unwrap_or_default()
+        }
+
+        /// With `extra` appended to the config file (e.g. `BasicAuth u p`).
+        pub(crate) async fn start_with(extra: &str) -> Tinyproxy {
             let bin = Self::binary().expect("tinyproxy is installed (.ci/run installs it)");
             let dir = std::env::temp_dir().join(format!("pb-tinyproxy-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&dir).expect("dir");
@@ -725,7 +815,7 @@ mod tests {
                 &conf,
                 format!(
                     "Port {port}\nListen 127.0.0.1\nTimeout 10\nAllow 127.0.0.1\nMaxClients 16\n\
-                     LogLevel Info\nLogFile \"{}\"\nDisableViaHeader Yes\n",
+                     LogLevel Info\nLogFile \"{}\"\nDisableViaHeader Yes\n{extra}\n",
                     dir.join("tinyproxy.log").display()
                 ),
             )
@@ -872,7 +962,7 @@ mod tests {
             let target = eg.preflight(&plain).await.expect("permitted");
             assert_eq!(target.url.as_str(), "http://127.0.0.9/cb");
             assert_eq!(target.host.as_deref(), Some("callbacks.example"));
-            // https keeps the name (CONNECT name:port; see the module doc).
+            // https keeps its URL: the CONNECT shim pins the tunnel (tunnel.rs).
             let tls = Url::parse("https://callbacks.example:8443/cb").expect("url");
             let target = eg.preflight(&tls).await.expect("permitted");
             assert_eq!(target.url, tls);
@@ -965,8 +1055,6 @@ mod tests {
 
     #[tokio::test]
     async fn settings_errors_name_the_setting() {
-        let ok = build_client(&EgressSettings::default(), Duration::from_secs(1));
-        assert!(ok.is_ok());
         assert!(
             Egress::new(EgressSettings::default(), Duration::from_secs(1))
                 .expect("egress")
@@ -974,8 +1062,8 @@ mod tests {
                 .is_empty()
         );
 
-        let err = build_client(
-            &EgressSettings {
+        let err = Egress::new(
+            EgressSettings {
                 source_addr: Some("192.0.2.44".parse().expect("ip")),
                 ..Default::default()
             },
@@ -987,8 +1075,8 @@ mod tests {
             "{err}"
         );
 
-        let err = build_client(
-            &EgressSettings {
+        let err = Egress::new(
+            EgressSettings {
                 proxy: Some(Url::parse("socks5://127.0.0.1:1080").expect("url")),
                 ..Default::default()
             },

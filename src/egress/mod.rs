@@ -15,6 +15,11 @@
 //!    [`is_blocked`] recognises it inside a `reqwest::Error` so the worker
 //!    records `blocked_destination`.
 //!
+//! With a proxy, an `https` destination is checked once more when its
+//! tunnel opens, by the CONNECT shim (`tunnel.rs`) the client's `https`
+//! requests go through: it asks the proxy for a tunnel to the checked
+//! address, never to the name.
+//!
 //! This module owns the policy, those checks and the client's connection
 //! settings (source address, proxy, no redirects, pooling). It must not
 //! parse environment variables (the config layer builds [`EgressSettings`],
@@ -24,11 +29,11 @@
 pub mod client;
 pub mod policy;
 pub mod resolver;
+mod tunnel;
 pub mod url_check;
 
 pub use client::{
-    build_client, build_client_with_resolver, Egress, EgressError, EgressSettings, PreflightError,
-    Target,
+    Egress, EgressError, EgressSettings, PreflightError, Target, DEFAULT_MAX_TUNNELS,
 };
 pub use policy::{builtin_denies, CidrListError, EgressPolicy};
 pub use resolver::{is_blocked, BlockReason, BlockedDestination, GuardedResolver, ResolveFailure};

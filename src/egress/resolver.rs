@@ -104,9 +104,10 @@ pub struct GuardedResolver {
     policy: Arc<EgressPolicy>,
     source_addr: Option<IpAddr>,
     /// Unit tests only: fixed answers for names, in place of DNS (to stage
-    /// a name whose answer differs from the one a proxy would get).
+    /// a name whose answer differs from the one a proxy would get, or
+    /// changes between two lookups).
     #[cfg(test)]
-    overrides: std::collections::HashMap<String, Vec<IpAddr>>,
+    overrides: std::collections::HashMap<String, Arc<tests::Answers>>,
 }
 
 impl fmt::Debug for GuardedResolver {
@@ -158,8 +159,17 @@ impl GuardedResolver {
 
     /// Unit tests only: `host` resolves to `ips`, whatever DNS says.
     #[cfg(test)]
-    pub(crate) fn with_override(mut self, host: &str, ips: Vec<IpAddr>) -> Self {
-        self.overrides.insert(host.to_owned(), ips);
+    pub(crate) fn with_override(self, host: &str, ips: Vec<IpAddr>) -> Self {
+        self.with_answers(host, vec![ips])
+    }
+
+    /// Unit tests only: the n-th lookup of `host` answers `answers[n]`;
+    /// the last answer repeats (DNS rebinding: a name whose answer changes
+    /// between the check and the connection).
+    #[cfg(test)]
+    pub(crate) fn with_answers(mut self, host: &str, answers: Vec<Vec<IpAddr>>) -> Self {
+        self.overrides
+            .insert(host.to_owned(), Arc::new(tests::Answers::new(answers)));
         self
     }
 
@@ -171,10 +181,23 @@ impl GuardedResolver {
     /// Every address `host` resolves to, unfiltered.
     pub async fn lookup_all(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         #[cfg(test)]
-        if let Some(ips) = self.overrides.get(host) {
-            return Ok(ips.clone());
+        if let Some(answers) = self.overrides.get(host) {
+            return Ok(answers.next());
         }
         Ok(self.inner.lookup_ip(host).await?.iter().collect())
+    }
+
+    /// Every address `host` resolves to, when the policy permits each one;
+    /// never empty. A single refused address refuses the name: through a
+    /// proxy the connection is not ours to pin, so the name is only as safe
+    /// as its worst answer. (The source address family is not checked: the
+    /// proxy, not this machine, connects to it.)
+    pub async fn resolve_all_permitted(&self, host: &str) -> Result<Vec<IpAddr>, ResolveFailure> {
+        let all = self.lookup_all(host).await.map_err(ResolveFailure::Dns)?;
+        if all.is_empty() || all.iter().any(|ip| !self.policy.permits(*ip)) {
+            return Err(ResolveFailure::Blocked(BlockedDestination::policy(host)));
+        }
+        Ok(all)
     }
 
     /// The addresses of `host` a delivery may connect to; never empty.
@@ -241,6 +264,29 @@ impl Resolve for GuardedResolver {
 pub(crate) mod tests {
     use super::*;
     use hickory_resolver::config::NameServerConfigGroup;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fixed answers of one name, one per lookup, the last one repeating.
+    #[derive(Debug)]
+    pub(crate) struct Answers {
+        answers: Vec<Vec<IpAddr>>,
+        asked: AtomicUsize,
+    }
+
+    impl Answers {
+        pub(crate) fn new(answers: Vec<Vec<IpAddr>>) -> Self {
+            Answers {
+                answers,
+                asked: AtomicUsize::new(0),
+            }
+        }
+
+        pub(crate) fn next(&self) -> Vec<IpAddr> {
+            let n = self.asked.fetch_add(1, Ordering::SeqCst);
+            let last = self.answers.len().saturating_sub(1);
+            self.answers.get(n.min(last)).cloned().unwrap_or_default()
+        }
+    }
 
     /// A resolver that answers only from /etc/hosts and the built-in
     /// `localhost` rule: it has no name server, so tests send no DNS traffic.
@@ -303,6 +349,50 @@ pub(crate) mod tests {
         assert!(is_blocked(&wrapped));
         let other = std::io::Error::other("nope");
         assert!(!is_blocked(&other));
+    }
+
+    #[tokio::test]
+    async fn through_a_proxy_every_address_must_be_permitted() {
+        let r = offline(loopback_allowed(), Some("::1".parse().expect("ip")))
+            .with_override(
+                "mixed.test",
+                vec![[127, 0, 0, 2].into(), [10, 0, 0, 1].into()],
+            )
+            .with_override("empty.test", vec![])
+            .with_answers(
+                "rebinds.test",
+                vec![vec![[127, 0, 0, 2].into()], vec![[10, 0, 0, 1].into()]],
+            );
+        // The source family does not matter: the proxy connects, not us.
+        assert_eq!(
+            r.resolve_all_permitted("localhost").await.ok(),
+            None,
+            "::1 is outside 127/8"
+        );
+        for host in ["mixed.test", "empty.test"] {
+            match r.resolve_all_permitted(host).await {
+                Err(ResolveFailure::Blocked(b)) => assert_eq!(b.host, host),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        let first = r
+            .resolve_all_permitted("rebinds.test")
+            .await
+            .expect("first");
+        assert_eq!(first, vec![IpAddr::from([127, 0, 0, 2])]);
+        assert!(r.resolve_all_permitted("rebinds.test").await.is_err());
+        assert!(
+            r.resolve_all_permitted("rebinds.test").await.is_err(),
+            "the last repeats"
+        );
+        let v4 = offline(loopback_allowed(), Some("::1".parse().expect("ip")))
+            .with_override("v4.test", vec![[127, 0, 0, 2].into()]);
+        assert_eq!(
+            v4.resolve_all_permitted("v4.test")
+                .await
+                .expect("permitted"),
+            vec![IpAddr::from([127, 0, 0, 2])]
+        );
     }
 
     #[test]
