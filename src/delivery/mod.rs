@@ -114,7 +114,11 @@ impl Engine {
         let lease = time::Duration::try_from(self.lease).unwrap_or(time::Duration::MAX);
         let capacity = self.capacity.clone();
         let (pool, schema) = (self.pool.clone(), self.schema.clone());
-        let span = tracing::info_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref(), host = %d.host, attempt = d.cycle_attempts + 1);
+        // A debug span: at the default level it is never built (an info
+        // span per attempt cost an allocation and the formatting of its
+        // fields on every attempt). The lines an attempt logs at info and
+        // above name the delivery themselves (`log_attempt`, the hand-backs).
+        let span = tracing::debug_span!("attempt", delivery_id = %d.id, job_id = d.job_id.as_deref(), host = %d.host, attempt = d.cycle_attempts + 1);
         self.capacity.tracker().spawn(
             async move {
                 // No attempt may run past its lease (another worker may
@@ -186,7 +190,7 @@ impl Engine {
                 let left_of_lease = Duration::try_from(lease_end - clock.now()).unwrap_or_default();
                 if left_of_lease < attempt_needs {
                     drop((address, room, body_bytes));
-                    tracing::warn!(left_of_lease_ms = left_of_lease.as_millis() as u64, "too little of the lease left for an attempt; delivery handed back");
+                    tracing::warn!(delivery_id = %d.id, host = %d.host, left_of_lease_ms = left_of_lease.as_millis() as u64, "too little of the lease left for an attempt; delivery handed back");
                     if let Err(err) = claim::release(&pool, &schema, &[(d.id, d.lease)]).await {
                         tracing::warn!(error = %err, "could not hand the delivery back; its lease will expire");
                     }
@@ -621,22 +625,25 @@ fn record_metrics(d: &Claimed, report: &AttemptReport, completion: &Completion) 
         }
         DeliveryState::Pending | DeliveryState::Delivering => {}
     }
-    log_attempt(report, completion);
+    log_attempt(d, report, completion);
 }
 
 /// Most characters of the error text an attempt's log line carries (the
 /// whole snippet is in the delivery's attempts).
 pub const LOGGED_ERROR_CHARS: usize = 200;
 
-/// The attempt's log line (inside its span: delivery, job, host, attempt
-/// number): typed status and duration, the error text when it failed, and
-/// when the next attempt is due.
-fn log_attempt(report: &AttemptReport, completion: &Completion) {
+/// The attempt's log line: the delivery, job, host and attempt number,
+/// typed status and duration, the error text when it failed, and when the
+/// next attempt is due. (The fields are the line's own: the attempt's span
+/// is built only at debug.)
+fn log_attempt(d: &Claimed, report: &AttemptReport, completion: &Completion) {
     let outcome = report.outcome.as_str();
     let status = report.status_code;
     let duration_ms = report.duration.as_millis().min(u64::MAX as u128) as u64;
+    let attempt = d.cycle_attempts + 1;
+    let job_id = d.job_id.as_deref();
     if completion.state == DeliveryState::Delivered {
-        tracing::debug!(outcome, status, duration_ms, "delivered");
+        tracing::debug!(delivery_id = %d.id, job_id, host = %d.host, attempt, outcome, status, duration_ms, "delivered");
         return;
     }
     let error = report
@@ -647,6 +654,10 @@ fn log_attempt(report: &AttemptReport, completion: &Completion) {
     match completion.next_attempt_at {
         None => {
             tracing::warn!(
+                delivery_id = %d.id,
+                job_id,
+                host = %d.host,
+                attempt,
                 outcome,
                 status,
                 duration_ms,
@@ -660,6 +671,10 @@ fn log_attempt(report: &AttemptReport, completion: &Completion) {
                 .ok();
             let next_attempt_at = next.as_deref();
             tracing::info!(
+                delivery_id = %d.id,
+                job_id,
+                host = %d.host,
+                attempt,
                 outcome,
                 status,
                 duration_ms,
