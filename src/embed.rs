@@ -367,6 +367,11 @@ impl Embedded {
 
     /// Spawns the workers on the caller's tokio runtime; returns the intake
     /// handle and the handle that stops them.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does; use
+    /// [`Embedded::into_parts`] and [`Workers::run`] to drive them elsewhere.
     pub fn start(self) -> (Postback, Running) {
         let stop = CancellationToken::new();
         let task = tokio::spawn(self.workers.run(stop.clone()));
