@@ -465,3 +465,59 @@ async fn bad_builder_input_is_a_typed_error_naming_the_setter() {
         postback::config::defaults::DB_SCHEMA
     );
 }
+
+#[tokio::test]
+async fn builder_edges_intake_only_a_given_config_and_an_unmigrated_database() {
+    let url = fresh_database().await;
+    let pool = PgPool::connect(&url).await.unwrap();
+    // Without migrations the stored signing secret has no table: a
+    // database error, not a panic.
+    let err = Postback::builder(pool.clone())
+        .migrate(false)
+        .build()
+        .await
+        .expect_err("no tables");
+    assert!(
+        matches!(err, postback::BuildError::Database(_)),
+        "not a database error: {err}"
+    );
+    // A Config given whole is checked the same way; a setting only a
+    // Config carries is named with the `config` setter.
+    let mut config = test_config(&url);
+    config.api_token = Some(" , ".into());
+    let err = Postback::builder(pool.clone())
+        .config(config)
+        .build()
+        .await
+        .expect_err("empty token list");
+    assert_eq!(err.setter(), Some("config"), "{err}");
+    assert!(err.to_string().contains("POSTBACK_API_TOKEN"), "{err}");
+    // concurrency(0): intake only; its workers stop at once.
+    let built = Postback::builder(pool.clone())
+        .concurrency(0)
+        .build()
+        .await
+        .expect("intake only builds");
+    assert!(built.waker().is_none() && built.handoff().is_none());
+    let (lib, workers) = built.start();
+    let id = lib
+        .enqueue(
+            &pool,
+            postback::NewDelivery {
+                url: "https://example.org/hook".into(),
+                body: Some("x".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), workers.shutdown())
+        .await
+        .expect("an intake-only shutdown returns at once")
+        .expect("clean");
+    assert_eq!(
+        states(&pool).await,
+        vec![("pending".to_owned(), 1)],
+        "{id} was not left queued"
+    );
+}
