@@ -393,11 +393,17 @@ impl Config {
                 reason: "must be at least 1".to_owned(),
             });
         }
-        if self.attempt_timeout.is_zero() {
-            return Err(ConfigError {
-                setting: "POSTBACK_ATTEMPT_TIMEOUT",
-                reason: "must be longer than 0s".to_owned(),
-            });
+        // The flags' parser refuses 0s; a Config built in code gets the same rule.
+        for (setting, d) in [
+            ("POSTBACK_ATTEMPT_TIMEOUT", self.attempt_timeout),
+            ("POSTBACK_BREAKER_COOLDOWN", self.breaker_cooldown),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be longer than 0s".to_owned(),
+                });
+            }
         }
         if self.max_body == 0 {
             return Err(ConfigError {
@@ -476,6 +482,7 @@ impl Config {
             ("POSTBACK_RETRY_MAX_DELAY", self.retry_max_delay),
             ("POSTBACK_RETRY_GIVE_UP", self.retry_give_up),
             ("POSTBACK_ATTEMPT_TIMEOUT", self.attempt_timeout),
+            ("POSTBACK_BREAKER_COOLDOWN", self.breaker_cooldown),
             ("POSTBACK_JOB_TTL", self.job_ttl),
         ] {
             if d > MAX_DURATION {

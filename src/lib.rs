@@ -34,8 +34,39 @@
 //! | sides | [`intake`] | the library API that writes deliveries ([`Postback`]); never sends |
 //! | sides | [`delivery`] | the engine: claim loop, HTTP attempt, batched completion ([`Dispatcher`]) |
 //! | edges | [`runtime`] | assembling and stopping a process |
+//! | edges | [`embed`] | [`Postback::builder`]: intake and workers on the caller's pool |
 //! | edges | `api` | the HTTP API (feature `api`) |
 //! | edges | `cli` | the `postback` command line (feature `cli`) |
+//!
+//! ## Embedding
+//!
+//! A backend that shares the database runs Postback in its own process
+//! (SPEC §5): [`Postback::builder`] takes its pool, builds the intake
+//! handle and the workers (signing with the given secret), and the
+//! result is posted inside the backend's own transaction, so the result and
+//! its callbacks commit together or not at all.
+//!
+//! ```no_run
+//! # async fn run(pool: sqlx::PgPool, result: postback::JobResult) -> anyhow::Result<()> {
+//! use std::time::Duration;
+//!
+//! let (postback, workers) = postback::Postback::builder(pool.clone())
+//!     .signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+//!     .concurrency(64)
+//!     .per_host_concurrency(8)
+//!     .job_ttl(Duration::from_secs(3 * 86_400))
+//!     .build() // checks every setting, migrates, loads the secret
+//!     .await?
+//!     .start(); // the workers run on this tokio runtime
+//!
+//! let mut tx = pool.begin().await?;
+//! // … the backend's own writes on `&mut *tx` …
+//! postback.post_result(&mut *tx, "job-1", result).await?;
+//! tx.commit().await?; // the callbacks are queued with the commit
+//!
+//! workers.shutdown().await?; // drains the attempts in flight
+//! # Ok(()) }
+//! ```
 //!
 //! ## Shutdown
 //!
@@ -52,6 +83,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod egress;
+pub mod embed;
 pub mod error;
 pub mod events;
 pub mod intake;
@@ -72,6 +104,7 @@ pub mod validate;
 
 pub use config::Config;
 pub use delivery::Dispatcher;
+pub use embed::{BuildError, Builder, Embedded, Running, Workers};
 pub use error::{Error, ErrorCode, Result};
 pub use intake::Postback;
 pub use model::{

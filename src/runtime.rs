@@ -2,7 +2,10 @@
 //! or the private cluster), migrations, the signing secret, the workers,
 //! the API and metrics listeners, and the order in which they stop. `serve`
 //! and `worker` are this with different roles; tests and the benchmark use
-//! it too, so they run exactly what users run. It must not parse flags.
+//! it too, so they run exactly what users run. An embedder's
+//! [`Builder`](crate::embed::Builder) shares its middle part ([`Parts`]:
+//! migrations, signing secret, intake handle, workers) on the caller's pool.
+//! It must not parse flags.
 
 use std::net::SocketAddr;
 
@@ -12,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::delivery::Dispatcher;
+use crate::intake::Postback;
 use crate::pgcluster::{Cluster, ClusterError};
 use crate::signing::SigningSecret;
 use crate::store::{self, Schema};
@@ -103,6 +107,7 @@ pub struct Process {
     role: Role,
     pool: PgPool,
     cluster: Option<Cluster>,
+    postback: Postback,
     dispatcher: Option<Dispatcher>,
     api: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
@@ -194,18 +199,15 @@ impl Process {
     async fn assemble(config: Config, role: Role) -> Result<Process, StartError> {
         let schema = config.db_schema.clone();
         let database_url = config.database_url.clone().unwrap_or_default();
-        for warning in config.security_warnings(role == Role::Serve) {
-            tracing::warn!(target: "postback::security", "{warning}");
-        }
+        log_security_warnings(&config, role == Role::Serve);
         let pool = store::connect(&database_url, &schema, pool_size(config.concurrency)).await?;
         store::migrate(&pool, &schema).await?;
-        let secret = signing_secret(&config, &pool, &schema).await?;
+        // Before the workers are built, so their metrics have a recorder.
         let metrics = crate::metrics::install();
-        let dispatcher = if config.concurrency > 0 {
-            Some(Dispatcher::new(pool.clone(), &config, secret)?)
-        } else {
-            None
-        };
+        let Parts {
+            postback,
+            dispatcher,
+        } = Parts::assemble(&pool, &config).await?;
         let api = match role {
             Role::Serve => Some(bind(config.listen, "POSTBACK_LISTEN").await?),
             Role::Worker => None,
@@ -219,6 +221,7 @@ impl Process {
             role,
             pool,
             cluster: None,
+            postback,
             dispatcher,
             api,
             metrics_listener,
@@ -282,7 +285,7 @@ impl Process {
         if let Some(listener) = self.api.take() {
             let state = crate::api::AppState {
                 pool: self.pool.clone(),
-                postback: crate::intake::Postback::new(&self.config)?.with_deferred_notify(),
+                postback: self.postback.clone().with_deferred_notify(),
                 notifier: crate::queue::Notifier::new(self.pool.clone()),
                 handoff,
                 batcher: crate::intake::Batcher::start(
@@ -333,6 +336,45 @@ impl Process {
         stop_cluster(self.cluster.take()).await;
         tracing::info!("stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What `serve`, `worker` and an embedder's
+/// [`Builder`](crate::embed::Builder) assemble alike on a migrated pool:
+/// the intake handle and the workers, signing with the configured secret
+/// (or the one stored in the database). One path, so an embedder runs what
+/// users run.
+#[derive(Debug)]
+pub struct Parts {
+    /// The library handle of intake (`create_job`, `post_result`, …).
+    pub postback: Postback,
+    /// The workers; `None` when `concurrency` is 0 (intake only).
+    pub dispatcher: Option<Dispatcher>,
+}
+
+impl Parts {
+    /// The parts for `config` (already validated) on `pool`, whose schema
+    /// `config.db_schema` is migrated. Nothing runs yet.
+    pub async fn assemble(pool: &PgPool, config: &Config) -> Result<Parts, StartError> {
+        let secret = signing_secret(config, pool, &config.db_schema).await?;
+        let postback = Postback::new(config)?;
+        let dispatcher = if config.concurrency > 0 {
+            Some(Dispatcher::new(pool.clone(), config, secret)?)
+        } else {
+            None
+        };
+        Ok(Parts {
+            postback,
+            dispatcher,
+        })
+    }
+}
+
+/// Logs what `config` leaves open in production (`api`: the API's own
+/// settings too), once at start.
+pub fn log_security_warnings(config: &Config, api: bool) {
+    for warning in config.security_warnings(api) {
+        tracing::warn!(target: "postback::security", "{warning}");
     }
 }
 
