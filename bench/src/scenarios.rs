@@ -217,33 +217,53 @@ async fn bulk_insert(
     } else {
         (0.0, 1)
     };
-    // Since 20261202000600 payloads carry the listing columns; an A/B run
-    // may compare a binary from before that.
-    let listing_on_payloads: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-                        WHERE table_schema = 'postback' AND table_name = 'payloads' AND column_name = 'host')",
-    )
-    .fetch_one(pool)
-    .await?;
+    // The columns differ between the binaries an A/B run compares (the
+    // drain's database is migrated by the binary under test): write the
+    // ones this schema has, as that binary's intake would.
+    let has = |table: &'static str, column: &'static str| async move {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = 'postback' AND table_name = $1 AND column_name = $2)",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(pool)
+        .await
+    };
+    // Customers and breaker origins: 20261202000300 and 000500.
+    let with_customer = customer.is_some() || has("deliveries", "customer_id").await?;
+    let with_origin = has("deliveries", "origin").await?;
+    // The listing columns on payloads: 20261202000600.
+    let listing_on_payloads = has("payloads", "host").await?;
+    let (mut cols, mut vals) = (String::new(), String::new());
+    if with_customer {
+        cols.push_str(", customer_id");
+        vals.push_str(", $6");
+    }
+    if with_origin {
+        cols.push_str(", origin");
+        vals.push_str(", $7");
+    }
     let payload_insert = if listing_on_payloads {
         "INSERT INTO postback.payloads (delivery_id, content_type, headers, body, host, customer_id)
-         SELECT id, 'application/json', '{}'::jsonb, $3, host, customer_id FROM d"
+         SELECT id, 'application/json', '{}'::jsonb, $3, host, $6 FROM d"
     } else {
         "INSERT INTO postback.payloads (delivery_id, content_type, headers, body)
          SELECT id, 'application/json', '{}'::jsonb, $3 FROM d"
     };
+    let origin = postback::validate::origin(url);
     let mut done = 0;
     while done < n {
         let k = BATCH.min(n - done);
         let ids: Vec<Uuid> = (0..k).map(|_| Uuid::now_v7()).collect();
         sqlx::query(&format!(
             "WITH d AS (
-                 INSERT INTO postback.deliveries (id, customer_id, kind, method, url, host, next_attempt_at, expires_at)
-                 SELECT t.id, $6, 'generic', 'POST', $2, '127.0.0.1',
+                 INSERT INTO postback.deliveries (id, kind, method, url, host, next_attempt_at, expires_at{cols})
+                 SELECT t.id, 'generic', 'POST', $2, '127.0.0.1',
                         now() + make_interval(secs => $4::float8 + (t.ord % $5::bigint)),
-                        now() + interval '7 days'
+                        now() + interval '7 days'{vals}
                  FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
-                 RETURNING id, host, customer_id)
+                 RETURNING id, host)
              {payload_insert}"
         ))
         .bind(&ids)
@@ -252,6 +272,7 @@ async fn bulk_insert(
         .bind(offset)
         .bind(spread)
         .bind(customer)
+        .bind(&origin)
         .execute(pool)
         .await
         .context("bulk insert")?;
