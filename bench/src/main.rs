@@ -96,7 +96,7 @@ struct Args {
     /// Run only these scenarios (comma list). `backlog` runs `drain` too, to compare.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
-    /// Deliveries drained in `drain` and `backlog` [default: 100000; --quick: 10000].
+    /// Deliveries drained in `drain`, `backlog` and each `scaleout` step [default: 100000; --quick: 10000].
     #[arg(long)]
     deliveries: Option<u64>,
     /// Deliveries scheduled hours ahead in `backlog` [default: 1000000; --quick: 100000].
