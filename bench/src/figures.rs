@@ -19,3 +19,56 @@ pub const E2E_CPU_PG: &str = "end to end: PostgreSQL CPU µs per delivery (top s
 pub const LIGHT_P50: &str = "light 100/s: send→received p50";
 pub const LIGHT_P99: &str = "light 100/s: send→received p99";
 pub const LIGHT_CPU_POSTBACK: &str = "light 100/s: postback CPU µs per delivery";
+/// Scale-out figures, one set per worker count the scenario can record:
+/// (workers, [deliveries/s, postback CPU µs per delivery of all workers
+/// together, PostgreSQL CPU µs per delivery, WAL bytes per delivery]).
+/// A `--scaleout-workers` count outside this table gets rows, no figures.
+pub const SCALEOUT: [(usize, [&str; 4]); 5] = [
+    (
+        1,
+        [
+            "scaleout 1 worker: deliveries/s",
+            "scaleout 1 worker: postback CPU µs per delivery (all workers)",
+            "scaleout 1 worker: PostgreSQL CPU µs per delivery",
+            "scaleout 1 worker: WAL bytes per delivery",
+        ],
+    ),
+    (
+        2,
+        [
+            "scaleout 2 workers: deliveries/s",
+            "scaleout 2 workers: postback CPU µs per delivery (all workers)",
+            "scaleout 2 workers: PostgreSQL CPU µs per delivery",
+            "scaleout 2 workers: WAL bytes per delivery",
+        ],
+    ),
+    (
+        4,
+        [
+            "scaleout 4 workers: deliveries/s",
+            "scaleout 4 workers: postback CPU µs per delivery (all workers)",
+            "scaleout 4 workers: PostgreSQL CPU µs per delivery",
+            "scaleout 4 workers: WAL bytes per delivery",
+        ],
+    ),
+    (
+        8,
+        [
+            "scaleout 8 workers: deliveries/s",
+            "scaleout 8 workers: postback CPU µs per delivery (all workers)",
+            "scaleout 8 workers: PostgreSQL CPU µs per delivery",
+            "scaleout 8 workers: WAL bytes per delivery",
+        ],
+    ),
+    (
+        16,
+        [
+            "scaleout 16 workers: deliveries/s",
+            "scaleout 16 workers: postback CPU µs per delivery (all workers)",
+            "scaleout 16 workers: PostgreSQL CPU µs per delivery",
+            "scaleout 16 workers: WAL bytes per delivery",
+        ],
+    ),
+];
+/// Duplicate callbacks over every scale-out step (must be 0).
+pub const SCALEOUT_DUPLICATES: &str = "scaleout: duplicate callbacks, all steps";

@@ -251,10 +251,18 @@ pub struct Cpu {
 
 impl Cpu {
     pub fn now(postback_pid: Option<u32>, pg_data: &Path) -> Cpu {
+        Cpu::now_many(postback_pid.as_slice(), pg_data)
+    }
+
+    /// Like [`Cpu::now`], with the CPU of several `postback` children
+    /// added up (the scale-out scenario's workers).
+    pub fn now_many(postback_pids: &[u32], pg_data: &Path) -> Cpu {
         let tick = clock_tick();
-        let postback = postback_pid
-            .and_then(proc_stat)
-            .map_or(0.0, |s| (s.utime + s.stime) as f64 / tick);
+        let postback = postback_pids
+            .iter()
+            .filter_map(|&pid| proc_stat(pid))
+            .map(|s| (s.utime + s.stime) as f64 / tick)
+            .sum();
         let bench =
             proc_stat(std::process::id()).map_or(0.0, |s| (s.utime + s.stime) as f64 / tick);
         let postgres = std::fs::read_to_string(pg_data.join("postmaster.pid"))

@@ -43,6 +43,7 @@ mod figures;
 mod harness;
 mod load;
 mod report;
+mod scaleout;
 mod scenarios;
 
 use std::io::Write as _;
@@ -73,9 +74,11 @@ enum Scenario {
     Backlog,
     /// RSS while a 1 GiB media stream is delivered.
     Memory,
+    /// The drain by 1, 2 and 4 `postback worker` processes on one database.
+    Scaleout,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Ceiling,
     Scenario::Drain,
     Scenario::Ingest,
@@ -83,6 +86,7 @@ const ALL: [Scenario; 7] = [
     Scenario::Light,
     Scenario::Backlog,
     Scenario::Memory,
+    Scenario::Scaleout,
 ];
 
 /// Postback's benchmark: drain, ingest, end to end, light-load latency,
@@ -99,7 +103,7 @@ struct Args {
     /// Run only these scenarios (comma list). `backlog` runs `drain` too, to compare.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
-    /// Deliveries drained in `drain` and `backlog` [default: 100000; --quick: 10000].
+    /// Deliveries drained in `drain`, `backlog` and each `scaleout` step [default: 100000; --quick: 10000].
     #[arg(long)]
     deliveries: Option<u64>,
     /// Deliveries scheduled hours ahead in `backlog` [default: 1000000; --quick: 100000].
@@ -141,6 +145,14 @@ struct Args {
     /// [default: 3 with --baseline; without it only 1 is allowed]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: Option<u32>,
+    /// Worker counts of the `scaleout` steps (comma list).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    scaleout_workers: Vec<u16>,
+    /// `scaleout`: every worker gets the full --concurrency [default: it
+    /// is split between them, so each step has the same attempts in flight].
+    #[arg(long)]
+    scaleout_same_concurrency: bool,
 }
 
 impl Args {
@@ -160,6 +172,12 @@ impl Args {
             concurrency: self.concurrency.max(1),
             per_host: self.per_host_concurrency.unwrap_or(self.concurrency).max(1),
             customer: self.customer,
+            scaleout_workers: self
+                .scaleout_workers
+                .iter()
+                .map(|&w| usize::from(w))
+                .collect(),
+            scaleout_same_concurrency: self.scaleout_same_concurrency,
         }
     }
 
@@ -362,6 +380,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Light => ("light load", "4. first-attempt latency at light load"),
             Scenario::Backlog => ("backlog", "5. backlog"),
             Scenario::Memory => ("memory", "6. memory: 1 GiB media stream"),
+            Scenario::Scaleout => ("scaleout", "7. scale-out: several workers on one database"),
         };
         println!("\n== {title} ==");
         let started = Instant::now();
@@ -373,6 +392,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Light => scenarios::light(ctx, report).await,
             Scenario::Backlog => scenarios::backlog(ctx, report).await,
             Scenario::Memory => scenarios::memory(ctx, report).await,
+            Scenario::Scaleout => scaleout::scaleout(ctx, report).await,
         };
         if let Err(err) = outcome {
             eprintln!("bench: {name} failed: {err:#}");

@@ -35,6 +35,10 @@ pub struct Plan {
     /// Every delivery names the customer [`BENCH_CUSTOMER`] (signed with
     /// its secret through the per-process cache).
     pub customer: bool,
+    /// Worker counts of the scale-out steps, in order.
+    pub scaleout_workers: Vec<usize>,
+    /// Every scale-out worker gets the full `concurrency` (not a share).
+    pub scaleout_same_concurrency: bool,
 }
 
 /// The customer of `--customer` runs.
@@ -164,8 +168,17 @@ impl Ctx {
         Ok(())
     }
 
-    fn worker(&self, name: &str, db_url: &str) -> anyhow::Result<Child> {
-        let env = self.env(db_url, self.plan.concurrency);
+    /// `postback worker` with POSTBACK_CONCURRENCY=`concurrency` and
+    /// `extra` on top of the bench's settings.
+    fn worker(
+        &self,
+        name: &str,
+        db_url: &str,
+        concurrency: usize,
+        extra: &[(String, String)],
+    ) -> anyhow::Result<Child> {
+        let mut env = self.env(db_url, concurrency);
+        env.extend_from_slice(extra);
         let log = self.dir.join(format!("{name}-worker.log"));
         Child::spawn(
             &format!("postback worker ({name})"),
@@ -282,23 +295,52 @@ async fn bulk_insert(
 }
 
 /// Figures of one drain.
-struct Drain {
-    rate: f64,
-    elapsed: Duration,
-    /// CPU µs per delivery: postback, PostgreSQL.
-    cpu_us: (f64, f64),
-    wal_per_delivery: f64,
+pub(crate) struct Drain {
+    pub rate: f64,
+    pub elapsed: Duration,
+    /// CPU µs per delivery: postback (all workers), PostgreSQL.
+    pub cpu_us: (f64, f64),
+    pub wal_per_delivery: f64,
+    /// Callbacks the receiver saw more than once.
+    pub duplicates: u64,
+    /// Deliveries each worker completed as delivered, from its
+    /// `/metrics` (only with [`Workers::metrics`]).
+    pub shares: Option<Vec<u64>>,
+}
+
+/// The `postback worker` processes that work one drain.
+pub(crate) struct Workers {
+    /// How many are started together.
+    pub count: usize,
+    /// POSTBACK_CONCURRENCY of each.
+    pub concurrency: usize,
+    /// Each serves `/metrics` on its own port (POSTBACK_METRICS_LISTEN),
+    /// read once at the end for its share of the deliveries.
+    pub metrics: bool,
+}
+
+impl Workers {
+    /// One worker with the bench's concurrency, no metrics listener: the
+    /// `drain` and `backlog` scenarios.
+    fn one(plan: &Plan) -> Workers {
+        Workers {
+            count: 1,
+            concurrency: plan.concurrency,
+            metrics: false,
+        }
+    }
 }
 
 /// `n` due deliveries (behind `backlog` future ones) queued with no worker,
-/// then `postback worker` started: the rate from the first callback
+/// then `workers` started together: the rate from the first callback
 /// received to the last.
-async fn drain_run(
+pub(crate) async fn drain_run(
     ctx: &Ctx,
     report: &mut Report,
     db: &str,
     n: u64,
     backlog: u64,
+    workers: &Workers,
 ) -> anyhow::Result<Drain> {
     let url = ctx.pg.fresh_db(db).await?;
     let schema = Schema::default();
@@ -337,9 +379,24 @@ async fn drain_run(
     pool.close().await;
 
     let before = ctx.pg.probe().await?;
-    let mut worker = ctx.worker(db, &url)?;
+    let mut started_workers = Vec::with_capacity(workers.count);
+    for i in 0..workers.count.max(1) {
+        let (name, extra) = if workers.metrics {
+            let port = free_port()?;
+            let listen = format!("127.0.0.1:{port}");
+            let extra = vec![("POSTBACK_METRICS_LISTEN".to_owned(), listen.clone())];
+            (format!("{db}-{i}"), Some((extra, listen)))
+        } else {
+            (db.to_owned(), None)
+        };
+        let env = extra.as_ref().map_or(&[][..], |(e, _)| e.as_slice());
+        let child = ctx.worker(&name, &url, workers.concurrency, env)?;
+        started_workers.push((child, extra.map(|(_, listen)| listen)));
+    }
     let started = Instant::now();
-    let cpu0 = ctx.cpu(&worker);
+    let pids: Vec<u32> = started_workers.iter().map(|(c, _)| c.pid()).collect();
+    let pg_data = ctx.dir.join("pg").join("data");
+    let cpu0 = Cpu::now_many(&pids, &pg_data);
     let waits = ctx.pg.sample_waits(db);
     let until = started + Duration::from_secs(120) + Duration::from_millis(n * 5);
     let mut next_report = started + Duration::from_secs(5);
@@ -363,15 +420,26 @@ async fn drain_run(
             );
             next_report = now + Duration::from_secs(5);
         }
-        worker.ensure_running()?;
+        for (worker, _) in &mut started_workers {
+            worker.ensure_running()?;
+        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let cpu = ctx.cpu(&worker).since(&cpu0);
+    let cpu = Cpu::now_many(&pids, &pg_data).since(&cpu0);
     let waits = waits.finish().await;
     let (first, last) = rx.span().context("no arrivals")?;
     let elapsed = last - first;
     let rate = (n.saturating_sub(1)) as f64 / elapsed.as_secs_f64().max(1e-9);
-    let mem = worker.stop(STOP_GRACE).await?;
+    let shares = if workers.metrics {
+        Some(worker_shares(&started_workers, n).await?)
+    } else {
+        None
+    };
+    let mut peak_kib = None;
+    for (worker, _) in started_workers {
+        let mem = worker.stop(STOP_GRACE).await?;
+        peak_kib = peak_kib.max(mem.map(|m| m.hwm_kib));
+    }
     let after = ctx.pg.probe().await?;
     let (wal, commits) = ctx.pg.delta(&before, &after).await?;
     let pool = postback::store::connect(&url, &schema, 1).await?;
@@ -392,7 +460,7 @@ async fn drain_run(
         wal / n as f64,
         commits as f64 / n as f64,
         rx.duplicates(),
-        mem.map_or("?".into(), |m| format!("{:.1} MiB", mib(m.hwm_kib))),
+        peak_kib.map_or("?".into(), |k| format!("{:.1} MiB", mib(k))),
         thousands(delivered as f64),
     );
     println!("  {detail}\n  {cpu}\n  {waits}");
@@ -408,6 +476,7 @@ async fn drain_run(
             "{db}: WARNING: {delivered} rows are `delivered` after the worker stopped, expected {n}"
         ));
     }
+    let duplicates = rx.duplicates();
     rx.stop().await;
     ctx.pg.drop_db(db).await;
     let (postback_us, pg_us, _) = cpu.per(n);
@@ -416,13 +485,47 @@ async fn drain_run(
         elapsed,
         cpu_us: (postback_us, pg_us),
         wal_per_delivery: wal / n as f64,
+        duplicates,
+        shares,
     })
+}
+
+/// How many deliveries each worker completed as delivered, read from its
+/// `/metrics`; polled (at most 10 s) until they add up to `n`, because a
+/// worker counts a completion after its batch commits, which can be just
+/// after the receiver saw the callback.
+async fn worker_shares(workers: &[(Child, Option<String>)], n: u64) -> anyhow::Result<Vec<u64>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut shares = Vec::with_capacity(workers.len());
+        for (worker, listen) in workers {
+            let listen = listen
+                .as_deref()
+                .with_context(|| format!("{} has no metrics listener", worker.name()))?;
+            let text = http
+                .get(format!("http://{listen}/metrics"))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("GET /metrics of {}", worker.name()))?
+                .text()
+                .await?;
+            shares.push(crate::scaleout::delivered_count(&text).unwrap_or(0));
+        }
+        if shares.iter().sum::<u64>() >= n || Instant::now() >= until {
+            return Ok(shares);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// 1. drain.
 pub async fn drain(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let n = ctx.plan.drain_n;
-    let d = drain_run(ctx, report, "bench_drain", n, 0).await?;
+    let d = drain_run(ctx, report, "bench_drain", n, 0, &Workers::one(&ctx.plan)).await?;
     report.empty_drain_rate = Some(d.rate);
     report.figure(f::DRAIN_RATE, d.rate, "/s", Better::Higher);
     report.figure(f::DRAIN_CPU_POSTBACK, d.cpu_us.0, "µs", Better::Lower);
@@ -806,7 +909,15 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 pub async fn backlog(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let n = ctx.plan.drain_n;
     let future = ctx.plan.backlog_n;
-    let d = drain_run(ctx, report, "bench_backlog", n, future).await?;
+    let d = drain_run(
+        ctx,
+        report,
+        "bench_backlog",
+        n,
+        future,
+        &Workers::one(&ctx.plan),
+    )
+    .await?;
     let (value, met) = match report.empty_drain_rate {
         Some(empty) => {
             let ratio = d.rate / empty;

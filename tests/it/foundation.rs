@@ -226,3 +226,56 @@ fn serve_runs_its_private_postgres_and_sigterm_stops_both_with_exit_0() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two processes starting together on a fresh database: the one whose
+/// insert of the signing secret waits on the other's must read the
+/// winner back, not fail with "no rows" (two `postback worker`s started
+/// together did, in the scale-out benchmark).
+#[tokio::test]
+async fn a_start_racing_another_reads_back_the_winning_signing_secret() {
+    use std::time::{Duration, Instant};
+
+    let url = crate::helpers::fresh_database().await;
+    let pool = postback_test_support::pg::postback_pool(&url).await;
+    let schema = postback::Schema::default();
+    postback::store::migrate(&pool, &schema)
+        .await
+        .expect("migrate");
+    // The other start: its insert is made, not yet committed.
+    let mut other = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO postback.settings (key, value) VALUES ('signing_secret', 'winner')")
+        .execute(&mut *other)
+        .await
+        .expect("insert the winner");
+    let racer = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            postback::store::settings::signing_secret(&pool, &postback::Schema::default(), || {
+                "loser".to_owned()
+            })
+            .await
+        })
+    };
+    // Wait (bounded) until the racer's insert is blocked on the winner's row.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "the racing insert never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.commit().await.expect("commit the winner");
+    let got = tokio::time::timeout(Duration::from_secs(10), racer)
+        .await
+        .expect("the racer finishes")
+        .expect("no panic");
+    assert_eq!(got.expect("the racer reads the winner").as_str(), "winner");
+}
