@@ -98,7 +98,12 @@ pub async fn insert_leased(
     leases: &[Option<(Uuid, std::time::Duration)>],
 ) -> Result<Vec<Uuid>> {
     let bodies: Vec<Option<&[u8]>> = batch.iter().map(|d| d.body.as_deref()).collect();
-    insert_rows(conn, schema, batch, &bodies, leases).await
+    // Independent deliveries (the API's batches): each body inline with its
+    // payload. Hashing and sharing is for one result's callbacks, which
+    // repeat the same bytes ([`insert_with_bodies`]); across independent
+    // requests it would cost a `bodies` row and index entries per delivery
+    // and find nothing to share.
+    insert_rows(conn, schema, batch, &bodies, leases, Sharing::Inline).await
 }
 
 /// Queues `batch` with `bodies[i]` as the body of delivery `i` (its own
@@ -112,36 +117,79 @@ pub async fn insert_with_bodies(
     bodies: &[Option<&[u8]>],
 ) -> Result<()> {
     let unleased = vec![None; batch.len()];
-    insert_rows(conn, schema, batch, bodies, &unleased).await?;
+    insert_rows(conn, schema, batch, bodies, &unleased, Sharing::Shared).await?;
     Ok(())
 }
 
-/// Distinct bodies: their hashes, their bytes, and each row's hash.
-type Distinct<'b> = (Vec<Vec<u8>>, Vec<&'b [u8]>, Vec<Option<Vec<u8>>>);
+/// Where a batch's bodies are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// In `payloads.body`, one copy per delivery.
+    Inline,
+    /// A body that more than one delivery of the batch sends, once in
+    /// `bodies` (by SHA-256); a body only one sends, inline.
+    Shared,
+}
 
-/// The distinct bodies of `bodies` (by SHA-256) and, per row, its hash.
-/// Rows passing the very same bytes are hashed once.
-fn distinct_bodies<'b>(bodies: &[Option<&'b [u8]>]) -> Distinct<'b> {
+/// Distinct shared bodies (their hashes and bytes) and, per row, its hash
+/// when shared or its bytes when inline.
+struct Distinct<'b> {
+    hashes: Vec<Vec<u8>>,
+    distinct: Vec<&'b [u8]>,
+    per_row_hash: Vec<Option<Vec<u8>>>,
+    per_row_inline: Vec<Option<&'b [u8]>>,
+}
+
+/// The bodies of a batch, split by [`Sharing`]. Rows passing the very same
+/// bytes (one rendering shared by a result's callbacks) are hashed once.
+fn distinct_bodies<'b>(bodies: &[Option<&'b [u8]>], sharing: Sharing) -> Distinct<'b> {
     use sha2::{Digest, Sha256};
+    let shared_slices: std::collections::HashSet<(usize, usize)> = match sharing {
+        Sharing::Inline => Default::default(),
+        Sharing::Shared => {
+            let mut uses: std::collections::HashMap<(usize, usize), usize> = Default::default();
+            for body in bodies.iter().flatten() {
+                *uses
+                    .entry((body.as_ptr() as usize, body.len()))
+                    .or_default() += 1;
+            }
+            uses.into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(k, _)| k)
+                .collect()
+        }
+    };
     let mut by_slice: std::collections::HashMap<(usize, usize), Vec<u8>> = Default::default();
     let mut seen = std::collections::HashSet::new();
-    let (mut hashes, mut distinct, mut per_row) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = Distinct {
+        hashes: Vec::new(),
+        distinct: Vec::new(),
+        per_row_hash: Vec::with_capacity(bodies.len()),
+        per_row_inline: Vec::with_capacity(bodies.len()),
+    };
     for body in bodies {
         let Some(body) = body else {
-            per_row.push(None);
+            out.per_row_hash.push(None);
+            out.per_row_inline.push(None);
             continue;
         };
+        if !shared_slices.contains(&(body.as_ptr() as usize, body.len())) {
+            out.per_row_hash.push(None);
+            out.per_row_inline.push(Some(*body));
+            continue;
+        }
         let hash = by_slice
             .entry((body.as_ptr() as usize, body.len()))
             .or_insert_with(|| Sha256::digest(body).to_vec())
             .clone();
         if seen.insert(hash.clone()) {
-            hashes.push(hash.clone());
-            distinct.push(*body);
+            out.hashes.push(hash.clone());
+            out.distinct.push(*body);
         }
-        per_row.push(Some(hash));
+        out.per_row_hash.push(Some(hash));
+        out.per_row_inline.push(None);
     }
-    (hashes, distinct, per_row)
+    out
 }
 
 async fn insert_rows(
@@ -150,6 +198,7 @@ async fn insert_rows(
     batch: &[NewDelivery],
     bodies: &[Option<&[u8]>],
     leases: &[Option<(Uuid, std::time::Duration)>],
+    sharing: Sharing,
 ) -> Result<Vec<Uuid>> {
     if batch.is_empty() {
         return Ok(Vec::new());
@@ -178,7 +227,12 @@ async fn insert_rows(
     let content_types: Vec<&str> = batch.iter().map(|d| d.content_type.as_str()).collect();
     let headers: Vec<&Value> = batch.iter().map(|d| &d.headers).collect();
     let auths: Vec<Option<&Value>> = batch.iter().map(|d| d.auth.as_ref()).collect();
-    let (hashes, distinct, body_hashes) = distinct_bodies(bodies);
+    let Distinct {
+        hashes,
+        distinct,
+        per_row_hash: body_hashes,
+        per_row_inline: inline_bodies,
+    } = distinct_bodies(bodies, sharing);
     let files: Vec<Option<&str>> = batch.iter().map(|d| d.file_path.as_deref()).collect();
     // Every data-modifying CTE runs, referenced or not. A body already
     // stored gets its `created_at` refreshed: the purge of unreferenced
@@ -220,10 +274,11 @@ async fn insert_rows(
              RETURNING id, host, customer_id, held_due IS NOT NULL AS held),
          p AS (
              INSERT INTO postback.payloads (delivery_id, content_type, headers, auth, body_hash, file_path,
-                                            host, customer_id)
+                                            body, host, customer_id)
              SELECT u.*, d.host, d.customer_id
-             FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[])
-                  AS u(id, content_type, headers, auth, body_hash, file_path)
+             FROM unnest($1::uuid[], $10::text[], $11::jsonb[], $12::jsonb[], $13::bytea[], $14::text[],
+                         $19::bytea[])
+                  AS u(id, content_type, headers, auth, body_hash, file_path, body)
              JOIN d ON d.id = u.id
              RETURNING delivery_id)
          SELECT (SELECT count(*) FROM p),
@@ -247,6 +302,7 @@ async fn insert_rows(
     .bind(&distinct)
     .bind(&customers)
     .bind(&origins)
+    .bind(&inline_bodies)
     .fetch_one(&mut *conn)
     .await?;
     if stored as usize != batch.len() {

@@ -524,6 +524,33 @@ async fn names_that_resolve_to_one_address_share_its_limit() {
 
 // ------------------------------------------ 2. one stored copy per body
 
+/// Independent deliveries keep their body with their payload: sharing is
+/// for one result's callbacks (the test below); across API requests a
+/// `bodies` row per delivery would cost the insert and find nothing to share.
+#[tokio::test]
+async fn independent_deliveries_store_their_bodies_inline() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let response = app
+            .post(
+                "/v1/deliveries",
+                json!({"url": "http://127.0.0.1:9/inline", "json": {"same": "body"}}),
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let (inline, hashed, bodies): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM postback.payloads WHERE body IS NOT NULL),
+                (SELECT count(*) FROM postback.payloads WHERE body_hash IS NOT NULL),
+                (SELECT count(*) FROM postback.bodies)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("count");
+    assert_eq!((inline, hashed, bodies), (3, 0, 0));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_results_callbacks_store_each_distinct_body_once_and_all_arrive() {
     let receiver = Receiver::start().await;
