@@ -65,13 +65,16 @@ pub fn per_origin(batch: &[Completion]) -> Vec<OriginOutcomes> {
             succeeded: false,
             trailing_failures: 0,
             last_error: None,
+            failed_ids: Vec::new(),
         });
         if c.state == DeliveryState::Delivered {
             entry.succeeded = true;
             entry.trailing_failures = 0;
+            entry.failed_ids.clear();
         } else {
             entry.trailing_failures += 1;
             entry.last_error = c.error.map(str::to_owned);
+            entry.failed_ids.push(c.id);
         }
     }
     let mut out: Vec<OriginOutcomes> = by_origin.into_values().collect();
@@ -265,7 +268,14 @@ mod tests {
             outcome("https://b:443", Delivered, None),
             outcome("http://c:80", Pending, Some("timeout")),
         ];
-        let got = per_origin(&batch);
+        let mut got = per_origin(&batch);
+        // Only the trailing failures' deliveries are named.
+        assert_eq!(got[0].failed_ids, vec![batch[5].id]);
+        assert_eq!(got[1].failed_ids, vec![batch[2].id, batch[3].id]);
+        assert!(got[2].failed_ids.is_empty());
+        for o in &mut got {
+            o.failed_ids.clear();
+        }
         assert_eq!(
             got,
             vec![
@@ -273,19 +283,22 @@ mod tests {
                     origin: "http://c:80".into(),
                     succeeded: false,
                     trailing_failures: 1,
-                    last_error: Some("timeout".into())
+                    last_error: Some("timeout".into()),
+                    failed_ids: vec![],
                 },
                 OriginOutcomes {
                     origin: "https://a:443".into(),
                     succeeded: true,
                     trailing_failures: 2,
-                    last_error: Some("connect_error".into())
+                    last_error: Some("connect_error".into()),
+                    failed_ids: vec![],
                 },
                 OriginOutcomes {
                     origin: "https://b:443".into(),
                     succeeded: true,
                     trailing_failures: 0,
-                    last_error: None
+                    last_error: None,
+                    failed_ids: vec![],
                 },
             ]
         );

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgExecutor};
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::Schema;
 use crate::error::Result;
@@ -46,11 +47,14 @@ pub struct OriginOutcomes {
     pub trailing_failures: i32,
     /// The error of the last failure.
     pub last_error: Option<String>,
+    /// The deliveries of those trailing failures (one of them may be the
+    /// breaker's probe).
+    pub failed_ids: Vec<Uuid>,
 }
 
 /// A breaker after its failures were counted: origin, state, failures,
-/// cooldown, probing since.
-type Counted = (String, String, i32, Option<f64>, Option<OffsetDateTime>);
+/// cooldown, whether its probe is among the failures.
+type Counted = (String, String, i32, Option<f64>, bool);
 
 /// A breaker that changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,27 +99,8 @@ pub async fn record(
         .filter(|o| o.succeeded)
         .map(|o| o.origin.as_str())
         .collect();
-    if !succeeded.is_empty() {
-        let closed: Vec<String> = sqlx::query_scalar(&schema.sql(
-            "WITH old AS (
-                 SELECT origin, state FROM postback.destinations
-                 WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')
-                 FOR UPDATE),
-             upd AS (
-                 UPDATE postback.destinations b
-                 SET state = 'closed', consecutive_failures = 0, opened_at = NULL, cooldown_secs = NULL,
-                     next_probe_at = NULL, probing_since = NULL, updated_at = now()
-                 FROM old WHERE b.origin = old.origin
-                 RETURNING b.origin)
-             SELECT old.origin FROM old JOIN upd ON upd.origin = old.origin WHERE old.state = 'open'",
-        ))
-        .bind(&succeeded)
-        .fetch_all(&mut *conn)
-        .await?;
-        for origin in closed {
-            release(&mut *conn, schema, &origin).await?;
-            transitions.push(Transition::Closed { origin });
-        }
+    for origin in close(&mut *conn, schema, &succeeded).await? {
+        transitions.push(Transition::Closed { origin });
     }
     let failing: Vec<&OriginOutcomes> = outcomes
         .iter()
@@ -127,32 +112,47 @@ pub async fn record(
     let origins: Vec<&str> = failing.iter().map(|o| o.origin.as_str()).collect();
     let counts: Vec<i32> = failing.iter().map(|o| o.trailing_failures).collect();
     let errors: Vec<Option<&str>> = failing.iter().map(|o| o.last_error.as_deref()).collect();
+    let failed_ids: Vec<Uuid> = failing
+        .iter()
+        .flat_map(|o| o.failed_ids.iter().copied())
+        .collect();
     // Count the failures; open a closed breaker at the threshold, re-open an
     // open one whose probe failed with the cooldown doubled. (A failure of an
-    // attempt that started before the breaker opened changes nothing.)
+    // attempt that started before the breaker opened changes nothing but
+    // its own delivery, which is held.)
     // Two statements: one statement cannot update a row twice.
+    //
+    // One transaction from the count to the hold: the count takes the
+    // breaker's row lock, so an operator's reset (or another process's
+    // close) either comes before it (and this sees the breaker closed) or
+    // after the hold (and releases what it held). Without it, a reset
+    // between the opening and the hold left deliveries held behind a closed
+    // breaker until their horizon.
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
     let counted: Vec<Counted> = sqlx::query_as(&schema.sql(
         "INSERT INTO postback.destinations AS b (origin, consecutive_failures, last_error)
              SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
              ON CONFLICT (origin) DO UPDATE
              SET consecutive_failures = b.consecutive_failures + EXCLUDED.consecutive_failures,
                  last_error = EXCLUDED.last_error, updated_at = now()
-             RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs, b.probing_since",
+             RETURNING b.origin, b.state, b.consecutive_failures, b.cooldown_secs,
+                       coalesce(b.probe_id = ANY($4::uuid[]), false)",
     ))
     .bind(&origins)
     .bind(&counts)
     .bind(&errors)
-    .fetch_all(&mut *conn)
+    .bind(&failed_ids)
+    .fetch_all(&mut *tx)
     .await?;
     let base = cooldown.as_secs_f64();
     let cap = max_cooldown.max(cooldown).as_secs_f64();
     let threshold = i32::try_from(threshold).unwrap_or(i32::MAX);
     let mut to_open: Vec<(String, f64)> = Vec::new();
     let mut reopened = std::collections::HashSet::new();
-    for (origin, state, failures, cooldown_secs, probing_since) in counted {
+    for (origin, state, failures, cooldown_secs, probe_failed) in counted {
         match state.as_str() {
             "closed" if failures >= threshold => to_open.push((origin, base)),
-            "open" if probing_since.is_some() => {
+            "open" if probe_failed => {
                 reopened.insert(origin.clone());
                 to_open.push((origin, (cooldown_secs.unwrap_or(base) * 2.0).min(cap)))
             }
@@ -167,7 +167,7 @@ pub async fn record(
              opened_at = CASE WHEN b.state = 'open' THEN b.opened_at ELSE now() END,
              cooldown_secs = o.secs,
              next_probe_at = now() + make_interval(secs => o.secs),
-             probing_since = NULL,
+             probing_since = NULL, probe_id = NULL,
              hold_secs = $3,
              updated_at = now()
          FROM unnest($1::text[], $2::float8[]) AS o(origin, secs)
@@ -177,11 +177,12 @@ pub async fn record(
     .bind(&open_origins)
     .bind(&open_secs)
     .bind(give_up.as_secs_f64())
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *tx)
     .await?;
     // Every failing origin whose breaker is open now holds its deliveries
     // (the ones just failed included: their retries wait for the probe).
-    hold(&mut *conn, schema, &origins, give_up).await?;
+    hold(&mut tx, schema, &origins, give_up).await?;
+    tx.commit().await?;
     for (origin, failures, next_probe_at, last_error) in opened {
         transitions.push(Transition::Opened {
             reopened: reopened.contains(&origin),
@@ -192,6 +193,52 @@ pub async fn record(
         });
     }
     Ok(transitions)
+}
+
+/// Closes the breakers of `origins` (each had a success) that had counted
+/// failures or were open, and releases what the open ones held; returns the
+/// origins whose breaker was open. The hot path (origins that never failed)
+/// is one read without locks; only an origin with something to reset takes
+/// a transaction, so the release sees every hold committed before it.
+async fn close(conn: &mut PgConnection, schema: &Schema, origins: &[&str]) -> Result<Vec<String>> {
+    if origins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marked: Vec<String> = sqlx::query_scalar(&schema.sql(
+        "SELECT origin FROM postback.destinations
+         WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')",
+    ))
+    .bind(origins)
+    .fetch_all(&mut *conn)
+    .await?;
+    if marked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    // The row locks are taken in origin order, as the failure count takes
+    // them, so two processes closing and counting never deadlock.
+    let closed: Vec<String> = sqlx::query_scalar(&schema.sql(
+        "WITH old AS (
+             SELECT origin, state FROM postback.destinations
+             WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')
+             ORDER BY origin
+             FOR UPDATE),
+         upd AS (
+             UPDATE postback.destinations b
+             SET state = 'closed', consecutive_failures = 0, opened_at = NULL, cooldown_secs = NULL,
+                 next_probe_at = NULL, probing_since = NULL, probe_id = NULL, updated_at = now()
+             FROM old WHERE b.origin = old.origin
+             RETURNING b.origin)
+         SELECT old.origin FROM old JOIN upd ON upd.origin = old.origin WHERE old.state = 'open'",
+    ))
+    .bind(&marked)
+    .fetch_all(&mut *tx)
+    .await?;
+    for origin in &closed {
+        release(&mut tx, schema, origin).await?;
+    }
+    tx.commit().await?;
+    Ok(closed)
 }
 
 /// Holds every pending delivery of those `origins` whose breaker is open:
@@ -205,14 +252,20 @@ async fn hold(
     origins: &[&str],
     give_up: Duration,
 ) -> Result<u64> {
+    // The probe `release_probes` let go is spared: a late failure of an
+    // attempt that started before the breaker opened would otherwise hold
+    // it again and leave the breaker half open with no probe out until the
+    // horizon.
     Ok(sqlx::query(&schema.sql(
-        "UPDATE postback.deliveries
-         SET held_due = next_attempt_at,
-             next_attempt_at = greatest(next_attempt_at,
-                 coalesce(cycle_started_at, now()) + make_interval(secs => $2))
-         WHERE origin IN (SELECT origin FROM postback.destinations
-                          WHERE origin = ANY($1::text[]) AND state = 'open')
-           AND state = 'pending' AND next_attempt_at IS NOT NULL AND held_due IS NULL",
+        "UPDATE postback.deliveries d
+         SET held_due = d.next_attempt_at,
+             next_attempt_at = greatest(d.next_attempt_at,
+                 coalesce(d.cycle_started_at, now()) + make_interval(secs => $2))
+         FROM postback.destinations b
+         WHERE b.origin = ANY($1::text[]) AND b.state = 'open'
+           AND d.origin = b.origin
+           AND d.state = 'pending' AND d.next_attempt_at IS NOT NULL AND d.held_due IS NULL
+           AND d.id IS DISTINCT FROM b.probe_id",
     ))
     .bind(origins)
     .bind(give_up.as_secs_f64())
@@ -252,8 +305,8 @@ pub async fn release_probes(conn: &mut PgConnection, schema: &Schema) -> Result<
          freed AS (
              UPDATE postback.deliveries d SET next_attempt_at = now(), held_due = NULL
              FROM probe WHERE d.id = probe.id
-             RETURNING d.origin)
-         UPDATE postback.destinations b SET probing_since = now(), updated_at = now()
+             RETURNING d.origin, d.id)
+         UPDATE postback.destinations b SET probing_since = now(), probe_id = freed.id, updated_at = now()
          FROM freed WHERE b.origin = freed.origin
          RETURNING b.origin",
     ))
@@ -268,7 +321,7 @@ pub async fn reset(conn: &mut PgConnection, schema: &Schema, origin: &str) -> Re
     let found = sqlx::query(&schema.sql(
         "UPDATE postback.destinations
          SET state = 'closed', consecutive_failures = 0, opened_at = NULL, cooldown_secs = NULL,
-             next_probe_at = NULL, probing_since = NULL, updated_at = now()
+             next_probe_at = NULL, probing_since = NULL, probe_id = NULL, updated_at = now()
          WHERE origin = $1",
     ))
     .bind(origin)

@@ -379,3 +379,136 @@ async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
     );
     assert!(started.elapsed() < Duration::from_secs(12));
 }
+
+/// Store-level: a breaker opened by three failures, its probe let go, then
+/// a late failure of an attempt that started before it opened. The probe
+/// must stay due (before the fix it was held again, and the breaker stayed
+/// half open with no probe out until the deliveries' horizon).
+#[tokio::test]
+async fn a_late_failure_does_not_hold_the_probe_again() {
+    use postback::store::destinations::{self, OriginOutcomes};
+    use postback::Schema;
+
+    let url = crate::helpers::fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    postback::migrate(&pool).await.unwrap();
+    let lib = postback::Postback::new(&crate::helpers::test_config(&url)).unwrap();
+    for _ in 0..3 {
+        lib.enqueue(
+            &pool,
+            postback::NewDelivery {
+                url: "http://127.0.0.1:9/late".into(),
+                method: Default::default(),
+                headers: Default::default(),
+                content_type: None,
+                customer_id: None,
+                body: Some("x".into()),
+                body_base64: None,
+                json: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let origin: String = sqlx::query_scalar("SELECT DISTINCT origin FROM postback.deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let schema = Schema::default();
+    let fail = |ids: Vec<uuid::Uuid>| OriginOutcomes {
+        origin: origin.clone(),
+        succeeded: false,
+        trailing_failures: ids.len() as i32,
+        last_error: Some("http_error".into()),
+        failed_ids: ids,
+    };
+    let early: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let (cooldown, max, give_up) = (
+        Duration::from_secs(60),
+        Duration::from_secs(240),
+        Duration::from_secs(3600),
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    let opened = destinations::record(
+        &mut conn,
+        &schema,
+        &[fail(early)],
+        3,
+        cooldown,
+        max,
+        give_up,
+    )
+    .await
+    .unwrap();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let held = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM postback.deliveries WHERE held_due IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(held(pool.clone()).await, 3);
+    // The cooldown ends; one probe goes.
+    sqlx::query("UPDATE postback.destinations SET next_probe_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let probed = destinations::release_probes(&mut conn, &schema)
+        .await
+        .unwrap();
+    assert_eq!(probed, vec![origin.clone()]);
+    assert_eq!(held(pool.clone()).await, 2);
+    // A failure of an attempt from before the opening arrives now: it
+    // neither re-opens the breaker nor holds the probe.
+    let late = [fail(vec![uuid::Uuid::now_v7()])];
+    let t = destinations::record(&mut conn, &schema, &late, 3, cooldown, max, give_up)
+        .await
+        .unwrap();
+    assert!(t.is_empty(), "{t:?}");
+    assert_eq!(
+        held(pool.clone()).await,
+        2,
+        "the late failure held the probe again"
+    );
+    let due_now: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM postback.deliveries WHERE held_due IS NULL AND next_attempt_at <= now()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(due_now, 1, "the probe is not due");
+    // The probe's own failure re-opens it with the cooldown doubled and
+    // holds the probe's delivery again.
+    let probe: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM postback.deliveries WHERE held_due IS NULL AND next_attempt_at <= now()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let t = destinations::record(
+        &mut conn,
+        &schema,
+        &[fail(vec![probe])],
+        3,
+        cooldown,
+        max,
+        give_up,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            &t[..],
+            [destinations::Transition::Opened { reopened: true, .. }]
+        ),
+        "{t:?}"
+    );
+    assert_eq!(held(pool.clone()).await, 3);
+    let cooldown_secs: f64 = sqlx::query_scalar("SELECT cooldown_secs FROM postback.destinations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(cooldown_secs, 120.0);
+}
