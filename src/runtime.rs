@@ -299,6 +299,7 @@ impl Process {
                 source_addresses: self.config.egress_source_addr.into_iter().collect(),
                 public_addresses: self.config.public_addresses(),
                 max_body: usize::try_from(self.config.max_body).unwrap_or(usize::MAX),
+                body_budget: Default::default(),
             };
             tracing::info!(addr = %listener.local_addr()?, "API listening");
             let app = crate::api::router(state);

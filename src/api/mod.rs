@@ -68,6 +68,9 @@ pub struct AppState {
     pub public_addresses: Vec<IpAddr>,
     /// Largest accepted request body.
     pub max_body: usize,
+    /// Bytes of request bodies being read and handled at once (see
+    /// [`body::hold_budget`]); `Default` gives [`body::BODY_BUDGET`].
+    pub body_budget: body::BodyBudget,
 }
 
 /// Routes collected with the method and path of their OpenAPI operation.
@@ -181,6 +184,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::hold_budget,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token_for_v1,

@@ -22,6 +22,11 @@ use crate::store::Schema;
 
 /// Most deliveries one writer stores in one statement.
 pub const MAX_BATCH: usize = 512;
+/// Most body bytes one statement carries: the statement is built in one
+/// buffer (and PostgreSQL parses it whole), so forty 6 MB deliveries
+/// arriving together must not become one 240 MB message. A larger row is
+/// stored alone.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Requests waiting for a writer before submitters wait (back-pressure).
 const QUEUE: usize = 8192;
 
@@ -86,32 +91,50 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
                 return;
             }
         }
-        let mut rows = Vec::with_capacity(items.len());
-        let mut leases = Vec::with_capacity(items.len());
-        let mut dones = Vec::with_capacity(items.len());
-        for Item { row, lease, done } in items.drain(..) {
-            rows.push(row);
-            leases.push(lease);
-            dones.push(done);
+        while !items.is_empty() {
+            let take = chunk_len(&items);
+            write(&pool, &schema, items.drain(..take)).await;
         }
-        let stored = store(&pool, &schema, &rows, &leases).await;
-        match stored {
-            Ok(held) => {
-                for (row, done) in rows.into_iter().zip(dones) {
-                    let was_held = held.contains(&row.id);
-                    let _ = done.send(Ok((row, was_held)));
-                }
+    }
+}
+
+/// How many of `items` (from the front) one statement stores: as many as
+/// fit in [`MAX_BATCH_BYTES`] of bodies, and at least one.
+fn chunk_len(items: &[Item]) -> usize {
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        bytes += item.row.body.as_ref().map_or(0, Vec::len);
+        if bytes > MAX_BATCH_BYTES {
+            return i.max(1);
+        }
+    }
+    items.len()
+}
+
+/// Stores one chunk in one statement and answers each request.
+async fn write(pool: &PgPool, schema: &Schema, chunk: impl Iterator<Item = Item>) {
+    let (mut rows, mut leases, mut dones) = (Vec::new(), Vec::new(), Vec::new());
+    for Item { row, lease, done } in chunk {
+        rows.push(row);
+        leases.push(lease);
+        dones.push(done);
+    }
+    match store(pool, schema, &rows, &leases).await {
+        Ok(held) => {
+            for (row, done) in rows.into_iter().zip(dones) {
+                let was_held = held.contains(&row.id);
+                let _ = done.send(Ok((row, was_held)));
             }
-            // The batch failed as a whole: store each on its own, so every
-            // request gets its own answer and one bad row fails alone.
-            Err(_) => {
-                for ((row, lease), done) in rows.into_iter().zip(leases).zip(dones) {
-                    let one = store(&pool, &schema, std::slice::from_ref(&row), &[lease]).await;
-                    let _ = done.send(one.map(|held| {
-                        let was_held = held.contains(&row.id);
-                        (row, was_held)
-                    }));
-                }
+        }
+        // The batch failed as a whole: store each on its own, so every
+        // request gets its own answer and one bad row fails alone.
+        Err(_) => {
+            for ((row, lease), done) in rows.into_iter().zip(leases).zip(dones) {
+                let one = store(pool, schema, std::slice::from_ref(&row), &[lease]).await;
+                let _ = done.send(one.map(|held| {
+                    let was_held = held.contains(&row.id);
+                    (row, was_held)
+                }));
             }
         }
     }

@@ -115,7 +115,13 @@ pub async fn connect(url: &str, schema: &Schema, max_connections: u32) -> Result
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false);
+        .test_before_acquire(false)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                shrink_buffers(conn);
+                Ok(true)
+            })
+        });
     let connect = || async {
         pool.clone()
             .connect_with(options.clone())
@@ -186,6 +192,18 @@ pub async fn connect_within(
 }
 
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Gives back what a connection's buffers grew to beyond their default
+/// (8 KiB) when it returns to the pool. A connection keeps the capacity of
+/// the largest message it ever sent or read, so without this every pooled
+/// connection that once carried a large body (up to POSTBACK_MAX_BODY, or
+/// a batch of them) held that much for the life of the process: memory grew
+/// with traffic, not with settings (SPEC §3). A small buffer is left as it
+/// is (a comparison, no allocation).
+fn shrink_buffers(conn: &mut sqlx::PgConnection) {
+    use sqlx::Connection;
+    conn.shrink_buffers();
+}
 
 /// sqlx reports a failed TLS handshake (a certificate the `sslrootcert`
 /// does not vouch for, say) as an I/O error, which reads like an outage and

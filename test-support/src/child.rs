@@ -178,6 +178,12 @@ impl Child {
         }
     }
 
+    /// Its resident memory now and at its peak (VmRSS, VmHWM), in KiB,
+    /// from `/proc`; `None` once it has exited.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        memory_kib(self.pid)
+    }
+
     /// Sends SIGTERM, the way systemd or Kubernetes stops it.
     pub fn sigterm(&self) {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
@@ -299,6 +305,19 @@ impl Drop for Child {
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Resident memory of process `pid` now and at its peak (VmRSS, VmHWM), in
+/// KiB, from `/proc/PID/status`.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ where
     let addr = listener.local_addr().expect("receiver address");
     let app = axum::Router::new()
         .fallback(handler)
+        // Receivers take what real ones do (S3 takes gigabytes): large
+        // results and media must not fail at a test's own limit (axum's
+        // default is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
         .with_state(state)
         .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {

@@ -24,6 +24,9 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's length (kept when the body itself is not, see
+    /// [`Receiver::keep_lengths_only`]).
+    pub len: usize,
     pub at: Instant,
     pub peer: SocketAddr,
 }
@@ -69,6 +72,8 @@ struct ReceiverState {
     script: Mutex<VecDeque<Answer>>,
     default: Mutex<Option<Answer>>,
     notify: tokio::sync::Notify,
+    /// Bodies are recorded as their length only (large-payload tests).
+    lengths_only: std::sync::atomic::AtomicBool,
 }
 
 /// An HTTP receiver on 127.0.0.1 that records every request.
@@ -95,6 +100,14 @@ impl Receiver {
     /// Answers these first, in order.
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
         lock(&self.state.script).extend(answers);
+    }
+
+    /// Records each body as its length only (`Received::len`, an empty
+    /// `body`): for tests that send hundreds of megabytes.
+    pub fn keep_lengths_only(&self) {
+        self.state
+            .lengths_only
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Answer after the script runs out.
@@ -138,11 +151,21 @@ async fn record(
             .or_else(|| lock(&state.default).clone())
             .unwrap_or_else(Answer::ok)
     };
+    let len = body.len();
+    let body = if state
+        .lengths_only
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        Bytes::new()
+    } else {
+        body
+    };
     lock(&state.got).push(Received {
         method,
         path: uri.path().to_owned(),
         headers,
         body,
+        len,
         at: Instant::now(),
         peer,
     });
