@@ -244,7 +244,8 @@ async fn insert_rows(
     // same lock once per row), so an erasure cannot delete a customer's row
     // while a delivery of it is being written (`customers::delete_row`). A delivery to an origin whose
     // breaker is open is born held (never leased): it waits for the probe,
-    // at most until its horizon.
+    // at most until its horizon, and its cycle starts now (the breaker
+    // stands in for its first attempt: it gives up one horizon from now).
     let (stored, held): (i64, Vec<Uuid>) = sqlx::query_as(&schema.sql(
         "WITH b AS (
              INSERT INTO postback.bodies (hash, body)
@@ -257,10 +258,11 @@ async fn insert_rows(
              FOR KEY SHARE),
          d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
-                                              next_attempt_at, held_due, expires_at, state, lease)
+                                              next_attempt_at, held_due, cycle_started_at, expires_at, state, lease)
              SELECT t.id, t.job_id, t.customer_id, t.kind, t.method, t.url, t.host, t.origin,
                     CASE WHEN o.origin IS NULL THEN now() + make_interval(secs => t.lease_secs)
                          ELSE now() + make_interval(secs => coalesce(o.hold_secs, 0)) END,
+                    CASE WHEN o.origin IS NOT NULL THEN now() END,
                     CASE WHEN o.origin IS NOT NULL THEN now() END,
                     t.expires_at,
                     CASE WHEN t.lease IS NULL OR o.origin IS NOT NULL THEN 'pending' ELSE 'delivering' END,
@@ -339,10 +341,11 @@ pub async fn insert_one(
              FOR KEY SHARE),
          d AS (
              INSERT INTO postback.deliveries (id, job_id, customer_id, kind, method, url, host, origin,
-                                              next_attempt_at, held_due, expires_at, state, lease)
+                                              next_attempt_at, held_due, cycle_started_at, expires_at, state, lease)
              SELECT $1, $2, $16, $3, $4, $5, $6, $17,
                     CASE WHEN NOT EXISTS (SELECT 1 FROM o) THEN now() + make_interval(secs => $14)
                          ELSE now() + make_interval(secs => coalesce((SELECT hold_secs FROM o), 0)) END,
+                    CASE WHEN EXISTS (SELECT 1 FROM o) THEN now() END,
                     CASE WHEN EXISTS (SELECT 1 FROM o) THEN now() END,
                     $7,
                     CASE WHEN $15::uuid IS NULL OR EXISTS (SELECT 1 FROM o) THEN 'pending' ELSE 'delivering' END,

@@ -245,7 +245,12 @@ async fn close(conn: &mut PgConnection, schema: &Schema, origins: &[&str]) -> Re
 /// each keeps its due time in
 /// `held_due` and waits at its give-up horizon (`give_up` after its
 /// cycle's first attempt, or from now for one never attempted), where its
-/// last attempt is made whatever the breaker says.
+/// last attempt is made whatever the breaker says. A delivery never
+/// attempted starts its cycle at the hold (as one born held starts it at
+/// its insert): the breaker stands in for its first attempt, so it gives up
+/// `give_up` after it was first due, not that long after a first attempt
+/// the breaker put off (measured by the soak: a dead host's deliveries
+/// lived twice the horizon).
 async fn hold(
     conn: &mut PgConnection,
     schema: &Schema,
@@ -259,6 +264,7 @@ async fn hold(
     Ok(sqlx::query(&schema.sql(
         "UPDATE postback.deliveries d
          SET held_due = d.next_attempt_at,
+             cycle_started_at = coalesce(d.cycle_started_at, now()),
              next_attempt_at = greatest(d.next_attempt_at,
                  coalesce(d.cycle_started_at, now()) + make_interval(secs => $2))
          FROM postback.destinations b

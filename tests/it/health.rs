@@ -380,6 +380,37 @@ async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
+/// A delivery queued while its origin's breaker is open never had a first
+/// attempt: the breaker stands in for it, and it gives up the horizon after
+/// it was queued (once, at the horizon), not a second horizon after a first
+/// attempt the breaker put off (the soak measured twice the horizon).
+#[tokio::test]
+async fn a_delivery_born_held_gives_up_one_horizon_after_it_was_queued() {
+    let app = TestApp::spawn_with(|c| {
+        breaker_config(c);
+        c.breaker_cooldown = Duration::from_secs(60);
+        c.retry_give_up = Duration::from_secs(4);
+    })
+    .await;
+    let dead = Receiver::start().await;
+    dead.always(Answer::status(500));
+    for _ in 0..3 {
+        deliver(&app, dead.url("/opener")).await;
+    }
+    wait_breaker(&app, &dead, "open", Duration::from_secs(10)).await;
+    let queued = Instant::now();
+    let id = deliver(&app, dead.url("/late")).await;
+    let view = app
+        .wait_delivery(&id, Duration::from_secs(12), |v| v["status"] == "failed")
+        .await;
+    let took = queued.elapsed();
+    assert!(
+        took >= Duration::from_millis(3500) && took < Duration::from_secs(7),
+        "failed {took:?} after it was queued; the horizon is 4 s: {view:#}"
+    );
+    assert_eq!(view["attemptCount"], 1, "{view:#}");
+}
+
 /// Store-level: a breaker opened by three failures, its probe let go, then
 /// a late failure of an attempt that started before it opened. The probe
 /// must stay due (before the fix it was held again, and the breaker stayed
