@@ -33,6 +33,15 @@
 //! table compares each figure with the target of issue 8; CPU µs per
 //! delivery is given for Postback and PostgreSQL.
 //!
+//! Soak (`--only soak`, module `soak`; not in the default run, a short one
+//! with `--quick`): `--soak-rate` (500/s) for `--soak-minutes` (10) to 50
+//! loopback hosts of a fixed mix (healthy with 10 % 500s, dead, hanging,
+//! 429 with `Retry-After`, 410) while PostgreSQL is restarted twice and the
+//! worker is killed with SIGKILL twice; it reports whether accepted =
+//! delivered + failed + pending, duplicates, RSS at the start and end,
+//! latency before, during and after the faults, the attempts the circuit
+//! breakers saved, WAL and dead tuples.
+//!
 //! A/B mode (`--baseline OTHER-BINARY --runs N`, module `ab`): the same
 //! scenarios with two `postback` binaries, alternated run by run, reported
 //! as medians, spreads and the ratio of the medians.

@@ -104,11 +104,14 @@ impl Settings {
                 max_delay: s(if quick { 5 } else { 30 }),
                 give_up: s(if quick { 15 } else { 90 }),
             },
-            attempt_timeout: s(2),
+            attempt_timeout: s(1),
             breaker_failures: 10,
             breaker_cooldown: s(if quick { 5 } else { 10 }),
-            // Postback's default: what holds the hanging host's attempts.
-            per_host: 16,
+            // Twice Postback's default: the hanging host gets about two
+            // attempts per delivery (one at its held horizon, one at the
+            // next), each lasting the attempt timeout, so it needs 20
+            // attempts/s at 500/s over 50 hosts; 16 slots of 1 s make 16.
+            per_host: 32,
         }
     }
 
@@ -121,7 +124,10 @@ impl Settings {
             ("POSTBACK_RETRY_MAX_DELAY", secs(p.max_delay)),
             ("POSTBACK_RETRY_GIVE_UP", secs(p.give_up)),
             ("POSTBACK_ATTEMPT_TIMEOUT", secs(self.attempt_timeout)),
-            ("POSTBACK_BREAKER_FAILURES", self.breaker_failures.to_string()),
+            (
+                "POSTBACK_BREAKER_FAILURES",
+                self.breaker_failures.to_string(),
+            ),
             ("POSTBACK_BREAKER_COOLDOWN", secs(self.breaker_cooldown)),
             ("POSTBACK_PER_HOST_CONCURRENCY", self.per_host.to_string()),
         ]
@@ -254,8 +260,24 @@ impl Target for Mixed {
 #[derive(Debug, Clone, Copy, Default)]
 struct PgMem {
     processes: usize,
-    rss_kib: u64,
     anon_kib: u64,
+}
+
+/// What a failing host cost, and the schedule alone would have.
+struct Failing {
+    kind: Kind,
+    deliveries: usize,
+    /// Attempts recorded.
+    made: u64,
+    /// Attempts the retry schedule alone would have made.
+    scheduled: u64,
+    /// Requests that reached it (None: nothing listens).
+    requests: Option<u64>,
+    /// Its breaker at the end: state, consecutive failures.
+    breaker: Option<(String, i32)>,
+    /// Mean seconds from creation to the first attempt, and to the final state.
+    first_after: Option<f64>,
+    final_after: Option<f64>,
 }
 
 fn pg_mem(pg_data: &std::path::Path) -> PgMem {
@@ -263,7 +285,6 @@ fn pg_mem(pg_data: &std::path::Path) -> PgMem {
     for pid in postgres_pids(pg_data) {
         if let Some(p) = mem_of(pid) {
             m.processes += 1;
-            m.rss_kib += p.rss_kib;
             m.anon_kib += p.anon_kib;
         }
     }
@@ -345,32 +366,42 @@ impl Rig<'_> {
     }
 
     async fn in_flight(&self) -> Option<i64> {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM postback.deliveries WHERE state = 'delivering'",
-        )
-        .fetch_one(self.pool)
-        .await
-        .ok()
+        sqlx::query_scalar("SELECT count(*) FROM postback.deliveries WHERE state = 'delivering'")
+            .fetch_one(self.pool)
+            .await
+            .ok()
+    }
+
+    /// Dead tuples of `deliveries` (tried again: the first use of a
+    /// connection cut by a restart fails).
+    async fn dead_in_deliveries(&self) -> Option<i64> {
+        for _ in 0..3 {
+            let dead = sqlx::query_scalar(
+                "SELECT n_dead_tup FROM pg_stat_user_tables \
+                 WHERE schemaname = 'postback' AND relname = 'deliveries'",
+            )
+            .fetch_one(self.pool)
+            .await;
+            if let Ok(n) = dead {
+                return Some(n);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
     }
 
     async fn kill_worker(&mut self) -> anyhow::Result<()> {
         let pid = self.worker.pid();
         // SAFETY: kill(2) on a child of ours that is still running.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
-            bail!(
-                "kill -9 {pid}: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
         }
         self.worker.wait_exit(Duration::from_secs(10)).await?;
         self.incarnation += 1;
         let name = format!("soak-{}", self.incarnation);
-        self.worker = self.ctx.worker(
-            &name,
-            self.url,
-            self.ctx.plan.concurrency,
-            &self.worker_env,
-        )?;
+        self.worker =
+            self.ctx
+                .worker(&name, self.url, self.ctx.plan.concurrency, &self.worker_env)?;
         Ok(())
     }
 }
@@ -398,13 +429,7 @@ async fn drive(
             rig.check()?;
             if Instant::now() >= next_print {
                 next_print += Duration::from_secs(30);
-                let dead: Option<i64> = sqlx::query_scalar(
-                    "SELECT n_dead_tup FROM pg_stat_user_tables \
-                     WHERE schemaname = 'postback' AND relname = 'deliveries'",
-                )
-                .fetch_one(rig.pool)
-                .await
-                .ok();
+                let dead = rig.dead_in_deliveries().await;
                 t.max_dead = t.max_dead.max(dead.unwrap_or(0));
                 let received: u64 = hosts
                     .iter()
@@ -421,32 +446,34 @@ async fn drive(
                     dead.map_or("?".into(), |n| n.to_string()),
                 );
             }
-            tokio::time::sleep(Duration::from_millis(500).min(due.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                Duration::from_millis(500).min(due.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
         let at = start.elapsed();
         match event {
-            Event::SampleStart => {
-                t.serve.0 = rig.serve.mem();
-                t.pg.0 = Some(pg_mem(&rig.pg_data));
-                if let Some(w) = t.workers.last_mut() {
-                    w.start = rig.worker.mem();
+            Event::SampleStart | Event::SampleWorker | Event::SampleEnd => {
+                let end = event == Event::SampleEnd;
+                if event != Event::SampleWorker {
+                    let (serve, pg) = if end {
+                        (&mut t.serve.1, &mut t.pg.1)
+                    } else {
+                        (&mut t.serve.0, &mut t.pg.0)
+                    };
+                    *serve = rig.serve.mem();
+                    *pg = Some(pg_mem(&rig.pg_data));
                 }
-            }
-            Event::SampleWorker => {
                 if let Some(w) = t.workers.last_mut() {
-                    w.start = rig.worker.mem();
-                }
-            }
-            Event::SampleEnd => {
-                t.serve.1 = rig.serve.mem();
-                t.pg.1 = Some(pg_mem(&rig.pg_data));
-                if let Some(w) = t.workers.last_mut() {
-                    w.end = rig.worker.mem();
+                    *(if end { &mut w.end } else { &mut w.start }) = rig.worker.mem();
                 }
             }
             Event::RestartPostgres => {
                 let in_flight = rig.in_flight().await;
-                println!("  {:.0} s: restarting PostgreSQL (pg_ctl stop -m fast, start)", at.as_secs_f64());
+                println!(
+                    "  {:.0} s: restarting PostgreSQL (pg_ctl stop -m fast, start)",
+                    at.as_secs_f64()
+                );
                 let took = rig.pg.restart().await.context("restart PostgreSQL")?;
                 println!("  … PostgreSQL back after {}", ms(took));
                 t.faults.push(Fault {
@@ -547,7 +574,11 @@ async fn dead_tuples(pool: &PgPool) -> anyhow::Result<(String, i64, i64)> {
         .map(|(rel, l, d, av)| {
             live += l;
             dead += d;
-            format!("{rel} {} live / {} dead (autovacuum ×{av})", thousands(*l as f64), thousands(*d as f64))
+            format!(
+                "{rel} {} live / {} dead (autovacuum ×{av})",
+                thousands(*l as f64),
+                thousands(*d as f64)
+            )
         })
         .collect::<Vec<_>>()
         .join(", ");
@@ -561,7 +592,7 @@ fn growth(a: Option<u64>, b: Option<u64>) -> (String, Option<bool>) {
             let pct = (b as f64 / a as f64 - 1.0) * 100.0;
             (
                 format!("{:.1} → {:.1} MiB ({pct:+.1} %)", mib(a), mib(b)),
-                Some(pct <= 10.0),
+                Some(b * 100 <= a * 110),
             )
         }
         _ => ("not measured".into(), None),
@@ -645,7 +676,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     // Bounded wait until every delivery is final: a held delivery to an
     // open breaker waits up to the give-up horizon, and its first attempt
     // there opens a new one; a killed worker's deliveries wait for the lease.
-    let bound = settings.policy.give_up * 2 + settings.lease() + Duration::from_secs(60);
+    let bound = settings.policy.give_up * 2 + settings.lease() + Duration::from_secs(120);
     let until = Instant::now() + bound;
     let mut next_print = Instant::now();
     let open = loop {
@@ -682,7 +713,10 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     // -------- counts
     let sent = std::mem::take(&mut *target.sent.lock().unwrap_or_else(|e| e.into_inner()));
     let accepted = sent.len() as i64;
-    let ids: Vec<uuid::Uuid> = sent.iter().map(|(id, _, _)| uuid::Uuid::from_u128(*id)).collect();
+    let ids: Vec<uuid::Uuid> = sent
+        .iter()
+        .map(|(id, _, _)| uuid::Uuid::from_u128(*id))
+        .collect();
     let by_state = states_of(&pool, &ids).await?;
     let count = |s: &str| by_state.get(s).copied().unwrap_or(0);
     let (delivered, failed) = (count("delivered"), count("failed"));
@@ -699,7 +733,11 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     println!(
         "  accepted {accepted} = delivered {delivered} + failed {failed} + pending {pending}: {}; \
          {stored} of the accepted ids stored, {all_rows} rows in all",
-        if adds_up { "adds up" } else { "DOES NOT ADD UP" }
+        if adds_up {
+            "adds up"
+        } else {
+            "DOES NOT ADD UP"
+        }
     );
 
     // -------- receivers: arrivals, duplicates, latency
@@ -747,10 +785,13 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
     let mut breaker_rows = Vec::new();
-    for host in hosts.iter().filter(|h| matches!(h.kind, Kind::Dead | Kind::Hang | Kind::TooMany)) {
+    for host in hosts.iter().filter(|h| h.kind != Kind::Healthy) {
         let origin = postback::validate::origin(&host.url);
-        let rows: Vec<(f64, i32)> = sqlx::query_as(
-            "SELECT extract(epoch FROM created_at)::float8, attempts \
+        // created, attempts, first attempt and final state after creation (s).
+        let rows: Vec<(f64, i32, Option<f64>, Option<f64>)> = sqlx::query_as(
+            "SELECT extract(epoch FROM created_at)::float8, attempts, \
+                    extract(epoch FROM cycle_started_at - created_at)::float8, \
+                    extract(epoch FROM completed_at - created_at)::float8 \
              FROM postback.deliveries WHERE origin = $1",
         )
         .bind(&origin)
@@ -765,18 +806,37 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             _ => (Duration::ZERO, None),
         };
         let end = unix(end_secs);
-        let made: u64 = rows.iter().map(|(_, a)| (*a).max(0) as u64).sum();
-        let scheduled: u64 = rows
-            .iter()
-            .map(|(c, _)| scheduled_attempts(&settings.policy, unix(*c), took, retry_after, end))
-            .sum();
+        let made: u64 = rows.iter().map(|r| r.1.max(0) as u64).sum();
+        let scheduled: u64 = if host.kind == Kind::Gone {
+            // A 410 ends the delivery at its first attempt.
+            rows.len() as u64
+        } else {
+            rows.iter()
+                .map(|r| scheduled_attempts(&settings.policy, unix(r.0), took, retry_after, end))
+                .sum()
+        };
+        let mean = |f: fn(&(f64, i32, Option<f64>, Option<f64>)) -> Option<f64>| {
+            let v: Vec<f64> = rows.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let first_after = mean(|r| r.2);
+        let final_after = mean(|r| r.3);
         let breaker: Option<(String, i32)> = sqlx::query_as(
             "SELECT state, consecutive_failures FROM postback.destinations WHERE origin = $1",
         )
         .bind(&origin)
         .fetch_optional(&pool)
         .await?;
-        breaker_rows.push((host.kind, rows.len(), made, scheduled, host.requests(), breaker));
+        breaker_rows.push(Failing {
+            kind: host.kind,
+            deliveries: rows.len(),
+            made,
+            scheduled,
+            requests: host.requests(),
+            breaker,
+            first_after,
+            final_after,
+        });
     }
     let (dead_end, live_end, dead_end_n) = dead_tuples(&pool).await?;
     let (wal, _) = pg.delta(&probe0, &probe1).await?;
@@ -799,6 +859,9 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         settings.text(),
         settings.lease().as_secs()
     ));
+    if let Some(e) = &res.first_error {
+        report.detail(format!("soak: the first refused request: {e}"));
+    }
     for f in &timeline.faults {
         report.detail(format!(
             "soak: at {:.0} s, {}: {} deliveries in flight before, done in {}",
@@ -811,15 +874,12 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     report.row(
         format!("soak: accepted (API 202) in {minutes:.1} min at {rate}/s"),
         format!(
-            "{} ({} requests refused, during the restarts; first: {})",
+            "{} ({} requests refused; the first: {})",
             thousands(accepted as f64),
             res.errors,
             res.first_error
                 .as_deref()
-                .unwrap_or("none")
-                .chars()
-                .take(80)
-                .collect::<String>()
+                .map_or("none", |e| e.split(": ").next().unwrap_or(e))
                 .replace('|', "/")
         ),
         "",
@@ -854,9 +914,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     );
     report.row(
         "soak: duplicates (2xx twice) vs. deliveries in flight at the kills / at all faults",
-        format!(
-            "{duplicates} vs. {in_flight_at_kills} / {in_flight_at_faults}"
-        ),
+        format!("{duplicates} vs. {in_flight_at_kills} / {in_flight_at_faults}"),
         "≤ in flight at the faults",
         Some(duplicates as i64 <= in_flight_at_faults),
     );
@@ -864,7 +922,12 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         timeline.serve.0.map(|m| m.rss_kib),
         timeline.serve.1.map(|m| m.rss_kib),
     );
-    report.row("soak: `serve` RSS, start → end of the load", text, "within 10 %", met);
+    report.row(
+        "soak: `serve` RSS, start → end of the load",
+        text,
+        "within 10 %",
+        met,
+    );
     let last = timeline.workers.len().saturating_sub(1);
     for (i, w) in timeline.workers.iter().enumerate() {
         let (text, met) = growth(w.start.map(|m| m.rss_kib), w.end.map(|m| m.rss_kib));
@@ -886,9 +949,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     report.row(
         "soak: PostgreSQL private RSS (RssAnon, all processes), start → end",
         format!(
-            "{text}; RSS incl. shared buffers {} → {} MiB, {} → {} processes",
-            timeline.pg.0.map_or("?".into(), |m| format!("{:.1}", mib(m.rss_kib))),
-            timeline.pg.1.map_or("?".into(), |m| format!("{:.1}", mib(m.rss_kib))),
+            "{text}; {} → {} processes",
             timeline.pg.0.map_or(0, |m| m.processes),
             timeline.pg.1.map_or(0, |m| m.processes),
         ),
@@ -900,30 +961,46 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         let s = Summary::of(sample);
         report.row(
             format!("soak: healthy hosts, send → received, {name} the faults"),
-            format!("p50 {} / p99 {} / max {} ({} deliveries)", ms(s.p50), ms(s.p99), ms(s.max), thousands(n as f64)),
-            "",
-            None,
-        );
-    }
-    for (kind, n, made, scheduled, requests, breaker) in &breaker_rows {
-        let saved = scheduled.saturating_sub(*made);
-        report.row(
-            format!("soak: {} host, attempts made vs. the schedule alone", kind.name()),
             format!(
-                "{} made vs. {} = {} saved ({:.0} %) over {} deliveries; {} requests reached it; breaker {}",
-                thousands(*made as f64),
-                thousands(*scheduled as f64),
-                thousands(saved as f64),
-                saved as f64 * 100.0 / (*scheduled).max(1) as f64,
-                thousands(*n as f64),
-                requests.map_or("none (nothing listens)".into(), |r| thousands(r as f64)),
-                breaker
-                    .as_ref()
-                    .map_or("never recorded".into(), |(s, f)| format!("{s}, {f} consecutive failures"))
+                "p50 {} / p99 {} / max {} ({} deliveries)",
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max),
+                thousands(n as f64)
             ),
             "",
             None,
         );
+    }
+    let secs = |s: Option<f64>| s.map_or("—".into(), |s| format!("{s:.0} s"));
+    for f in &breaker_rows {
+        let saved = f.scheduled.saturating_sub(f.made);
+        report.row(
+            format!("soak: {} host, attempts made vs. the schedule alone", f.kind.name()),
+            format!(
+                "{} made vs. {} = {} saved ({:.0} %) over {} deliveries; {} requests reached it; breaker {}",
+                thousands(f.made as f64),
+                thousands(f.scheduled as f64),
+                thousands(saved as f64),
+                saved as f64 * 100.0 / f.scheduled.max(1) as f64,
+                thousands(f.deliveries as f64),
+                f.requests
+                    .map_or("none (nothing listens)".into(), |r| thousands(r as f64)),
+                f.breaker
+                    .as_ref()
+                    .map_or("never recorded".into(), |(s, n)| format!("{s}, {n} consecutive failures"))
+            ),
+            "",
+            None,
+        );
+        report.detail(format!(
+            "soak: {} host: first attempt on average {} after creation, final on average {} after creation \
+             ({:.2} attempts per delivery)",
+            f.kind.name(),
+            secs(f.first_after),
+            secs(f.final_after),
+            f.made as f64 / f.deliveries.max(1) as f64
+        ));
     }
     report.detail(
         "soak: attempts made = the sum of `deliveries.attempts` of the host's deliveries (attempts cut \
@@ -994,10 +1071,19 @@ mod tests {
         let t0 = unix(1_000_000.0);
         let late = t0 + Duration::from_secs(3600);
         // 0, 0, 0, +5, +10, +20, +30 (= 65 s), then the horizon at 90 s.
-        assert_eq!(scheduled_attempts(&policy, t0, Duration::ZERO, None, late), 8);
+        assert_eq!(
+            scheduled_attempts(&policy, t0, Duration::ZERO, None, late),
+            8
+        );
         // Cut at the end of the run.
         assert_eq!(
-            scheduled_attempts(&policy, t0, Duration::ZERO, None, t0 + Duration::from_secs(6)),
+            scheduled_attempts(
+                &policy,
+                t0,
+                Duration::ZERO,
+                None,
+                t0 + Duration::from_secs(6)
+            ),
             4
         );
         // Retry-After 10 s where it is longer than the schedule's wait:
@@ -1005,7 +1091,10 @@ mod tests {
         let ra = Some(Duration::from_secs(10));
         assert_eq!(scheduled_attempts(&policy, t0, Duration::ZERO, ra, late), 7);
         // Nothing before the first attempt.
-        assert_eq!(scheduled_attempts(&policy, late, Duration::ZERO, None, t0), 0);
+        assert_eq!(
+            scheduled_attempts(&policy, late, Duration::ZERO, None, t0),
+            0
+        );
     }
 
     #[test]
