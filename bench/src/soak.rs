@@ -263,6 +263,10 @@ struct PgMem {
     anon_kib: u64,
 }
 
+/// One delivery of a failing host: created (Unix seconds), attempts, and
+/// seconds from creation to its first attempt and to its final state.
+type Life = (f64, i32, Option<f64>, Option<f64>);
+
 /// What a failing host cost, and the schedule alone would have.
 struct Failing {
     kind: Kind,
@@ -438,12 +442,15 @@ async fn drive(
                     .sum();
                 println!(
                     "  … {:>4.0} s: {} accepted, {} delivered to healthy hosts, {} in flight, \
-                     {} dead tuples in deliveries",
+                     {} dead tuples in deliveries; RSS serve {}, worker {}, PostgreSQL private {}",
                     start.elapsed().as_secs_f64(),
                     thousands(target.accepted() as f64),
                     thousands(received as f64),
                     rig.in_flight().await.map_or("?".into(), |n| n.to_string()),
                     dead.map_or("?".into(), |n| n.to_string()),
+                    mem_text(rig.serve.mem().map(|m| m.rss_kib)),
+                    mem_text(rig.worker.mem().map(|m| m.rss_kib)),
+                    mem_text(Some(pg_mem(&rig.pg_data).anon_kib)),
                 );
             }
             tokio::time::sleep(
@@ -583,6 +590,11 @@ async fn dead_tuples(pool: &PgPool) -> anyhow::Result<(String, i64, i64)> {
         .collect::<Vec<_>>()
         .join(", ");
     Ok((text, live, dead))
+}
+
+/// `12.3 MiB`.
+fn mem_text(kib: Option<u64>) -> String {
+    kib.map_or("?".into(), |k| format!("{:.1} MiB", mib(k)))
 }
 
 /// `a → b (+x %)` and whether b is within 10 % of a.
@@ -787,8 +799,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let mut breaker_rows = Vec::new();
     for host in hosts.iter().filter(|h| h.kind != Kind::Healthy) {
         let origin = postback::validate::origin(&host.url);
-        // created, attempts, first attempt and final state after creation (s).
-        let rows: Vec<(f64, i32, Option<f64>, Option<f64>)> = sqlx::query_as(
+        let rows: Vec<Life> = sqlx::query_as(
             "SELECT extract(epoch FROM created_at)::float8, attempts, \
                     extract(epoch FROM cycle_started_at - created_at)::float8, \
                     extract(epoch FROM completed_at - created_at)::float8 \
@@ -815,7 +826,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 .map(|r| scheduled_attempts(&settings.policy, unix(r.0), took, retry_after, end))
                 .sum()
         };
-        let mean = |f: fn(&(f64, i32, Option<f64>, Option<f64>)) -> Option<f64>| {
+        let mean = |f: fn(&Life) -> Option<f64>| {
             let v: Vec<f64> = rows.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
