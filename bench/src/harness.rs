@@ -172,6 +172,15 @@ impl Pg {
         WaitSampler { stop, task }
     }
 
+    /// `pg_ctl restart -m fast` (stop, then start on the same data): every
+    /// connection is cut, the admin pool reconnects on next use. Returns how
+    /// long the server was away.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.pg.restart().await?;
+        Ok(t.elapsed())
+    }
+
     /// Stops the cluster and says whether it stopped cleanly.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.admin.close().await;
@@ -223,6 +232,9 @@ pub struct Probe {
 pub struct Mem {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// Resident anonymous memory (`RssAnon`): RSS without the shared
+    /// memory and file pages it maps (PostgreSQL's shared buffers).
+    pub anon_kib: u64,
 }
 
 pub fn mem_of(pid: u32) -> Option<Mem> {
@@ -236,7 +248,31 @@ pub fn mem_of(pid: u32) -> Option<Mem> {
     Some(Mem {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
+        anon_kib: field("RssAnon:").unwrap_or(0),
     })
+}
+
+/// The PostgreSQL processes of the cluster whose data directory is
+/// `pg_data`: its postmaster first, then every child of it.
+pub fn postgres_pids(pg_data: &Path) -> Vec<u32> {
+    let Some(pm) = std::fs::read_to_string(pg_data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut pids = vec![pm];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.filter_map(|e| e.ok()) {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if proc_stat(pid).is_some_and(|s| s.ppid == pm) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }
 
 /// CPU time used so far by a `postback` child, PostgreSQL (postmaster,
@@ -265,25 +301,17 @@ impl Cpu {
             .sum();
         let bench =
             proc_stat(std::process::id()).map_or(0.0, |s| (s.utime + s.stime) as f64 / tick);
-        let postgres = std::fs::read_to_string(pg_data.join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
-            .map_or(0.0, |pm| {
-                let mut ticks =
-                    proc_stat(pm).map_or(0, |s| s.utime + s.stime + s.cutime + s.cstime);
-                if let Ok(dir) = std::fs::read_dir("/proc") {
-                    for e in dir.filter_map(|e| e.ok()) {
-                        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                        else {
-                            continue;
-                        };
-                        if let Some(s) = proc_stat(pid).filter(|s| s.ppid == pm) {
-                            ticks += s.utime + s.stime;
-                        }
-                    }
-                }
-                ticks as f64 / tick
-            });
+        // The postmaster counts the children it has reaped too.
+        let postgres = postgres_pids(pg_data)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &pid)| {
+                let s = proc_stat(pid)?;
+                let reaped = if i == 0 { s.cutime + s.cstime } else { 0 };
+                Some(s.utime + s.stime + reaped)
+            })
+            .sum::<u64>() as f64
+            / tick;
         Cpu {
             at: Instant::now(),
             postback,

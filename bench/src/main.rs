@@ -33,6 +33,15 @@
 //! table compares each figure with the target of issue 8; CPU µs per
 //! delivery is given for Postback and PostgreSQL.
 //!
+//! Soak (`--only soak`, module `soak`; not in the default run, a short one
+//! with `--quick`): `--soak-rate` (500/s) for `--soak-minutes` (10) to 50
+//! loopback hosts of a fixed mix (healthy with 10 % 500s, dead, hanging,
+//! 429 with `Retry-After`, 410) while PostgreSQL is restarted twice and the
+//! worker is killed with SIGKILL twice; it reports whether accepted =
+//! delivered + failed + pending, duplicates, RSS at the start and end,
+//! latency before, during and after the faults, the attempts the circuit
+//! breakers saved, WAL and dead tuples.
+//!
 //! A/B mode (`--baseline OTHER-BINARY --runs N`, module `ab`): the same
 //! scenarios with two `postback` binaries, alternated run by run, reported
 //! as medians, spreads and the ratio of the medians.
@@ -45,6 +54,7 @@ mod load;
 mod report;
 mod scaleout;
 mod scenarios;
+mod soak;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -76,6 +86,10 @@ enum Scenario {
     Memory,
     /// The drain by 1, 2 and 4 `postback worker` processes on one database.
     Scaleout,
+    /// A fixed rate to 50 hosts of a fixed mix for --soak-minutes while
+    /// PostgreSQL restarts and a worker is killed (opt-in: `--only soak`;
+    /// `--quick` runs a short one).
+    Soak,
 }
 
 const ALL: [Scenario; 8] = [
@@ -153,6 +167,12 @@ struct Args {
     /// is split between them, so each step has the same attempts in flight].
     #[arg(long)]
     scaleout_same_concurrency: bool,
+    /// Minutes of the `soak` load [default: 10; --quick: 45 seconds].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    soak_minutes: Option<u64>,
+    /// Deliveries/s the `soak` offers.
+    #[arg(long, default_value_t = 500.0)]
+    soak_rate: f64,
 }
 
 impl Args {
@@ -178,6 +198,16 @@ impl Args {
                 .map(|&w| usize::from(w))
                 .collect(),
             scaleout_same_concurrency: self.scaleout_same_concurrency,
+            soak_duration: match self.soak_minutes {
+                Some(m) => Duration::from_secs(m * 60),
+                None if q => Duration::from_secs(45),
+                None => Duration::from_secs(600),
+            },
+            soak_rate: if self.soak_rate.is_finite() && self.soak_rate >= 50.0 {
+                self.soak_rate
+            } else {
+                50.0
+            },
         }
     }
 
@@ -190,8 +220,12 @@ impl Args {
         if !wanted.is_empty() && !wanted.contains(&Scenario::Ceiling) {
             wanted.push(Scenario::Ceiling);
         }
+        // The soak takes minutes: only when asked for, or short with --quick.
+        let soak = (wanted.contains(&Scenario::Soak) || (wanted.is_empty() && self.quick))
+            .then_some(Scenario::Soak);
         ALL.into_iter()
             .filter(|s| wanted.is_empty() || wanted.contains(s))
+            .chain(soak)
             .collect()
     }
 }
@@ -381,6 +415,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Backlog => ("backlog", "5. backlog"),
             Scenario::Memory => ("memory", "6. memory: 1 GiB media stream"),
             Scenario::Scaleout => ("scaleout", "7. scale-out: several workers on one database"),
+            Scenario::Soak => ("soak", "8. soak: a fixed rate through faults"),
         };
         println!("\n== {title} ==");
         let started = Instant::now();
@@ -393,6 +428,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Backlog => scenarios::backlog(ctx, report).await,
             Scenario::Memory => scenarios::memory(ctx, report).await,
             Scenario::Scaleout => scaleout::scaleout(ctx, report).await,
+            Scenario::Soak => soak::soak(ctx, report).await,
         };
         if let Err(err) = outcome {
             eprintln!("bench: {name} failed: {err:#}");

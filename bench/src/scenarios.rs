@@ -39,6 +39,10 @@ pub struct Plan {
     pub scaleout_workers: Vec<usize>,
     /// Every scale-out worker gets the full `concurrency` (not a share).
     pub scaleout_same_concurrency: bool,
+    /// Length of the soak's load.
+    pub soak_duration: Duration,
+    /// Deliveries/s the soak offers.
+    pub soak_rate: f64,
 }
 
 /// The customer of `--customer` runs.
@@ -92,7 +96,7 @@ pub const BODY_BYTES: usize = 1024;
 const STEADY_P99: Duration = Duration::from_secs(1);
 const E2E_P99_TARGET: Duration = Duration::from_millis(50);
 /// How long `postback` gets to exit after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(60);
 
 impl Ctx {
     fn env(&self, db_url: &str, concurrency: usize) -> Vec<(String, String)> {
@@ -118,7 +122,7 @@ impl Ctx {
     }
 
     /// `postback serve` on `db_url`, ready (`/readyz` 200); its base URL.
-    async fn serve(
+    pub(crate) async fn serve(
         &self,
         name: &str,
         db_url: &str,
@@ -170,7 +174,7 @@ impl Ctx {
 
     /// `postback worker` with POSTBACK_CONCURRENCY=`concurrency` and
     /// `extra` on top of the bench's settings.
-    fn worker(
+    pub(crate) fn worker(
         &self,
         name: &str,
         db_url: &str,
@@ -190,7 +194,7 @@ impl Ctx {
     }
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 

@@ -1,8 +1,12 @@
-//! The benchmark's callback receiver: axum on 127.0.0.1 with keep-alive
-//! and TCP_NODELAY, answering 200 at once to any method and path. It
-//! records the arrival `Instant` of every `webhook-id` (the first one;
-//! repeats are counted as duplicates) and counts body bytes as they stream
-//! in, without buffering them (a 1 GiB media PUT costs it nothing).
+//! The benchmark's callback receiver: axum on a loopback address with
+//! keep-alive and TCP_NODELAY, answering at once to any method and path:
+//! 200 by default, or by a fixed [`Respond`] rule (the soak's mix of
+//! hosts: every n-th request a 500, or always one status, with
+//! `Retry-After`). It records the arrival `Instant` of every `webhook-id`
+//! it answered with a 2xx (the first one; later 2xx answers to the same id
+//! are counted as duplicates), counts every request, and counts body bytes
+//! as they stream in, without buffering them (a 1 GiB media PUT costs it
+//! nothing).
 //!
 //! It must stay cheap (it shares the machine with what it measures): no
 //! per-request allocation beyond its map entry, no body kept, no logging.
@@ -15,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::StreamExt;
@@ -24,9 +29,26 @@ use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
 
+/// How a [`FastReceiver`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Respond {
+    /// 200 to every request.
+    #[default]
+    Ok,
+    /// 500 to every `n`-th request it gets (the n-th, 2n-th, …), 200 to the rest.
+    FailEvery(u64),
+    /// `status` to every request, with `Retry-After: <secs>` when given.
+    Always {
+        status: u16,
+        retry_after: Option<u32>,
+    },
+}
+
 #[derive(Default)]
 struct Seen {
+    respond: Respond,
     shards: Vec<Mutex<HashMap<u128, Instant>>>,
+    requests: AtomicU64,
     unique: AtomicU64,
     duplicates: AtomicU64,
     bytes: AtomicU64,
@@ -49,13 +71,24 @@ pub struct FastReceiver {
 }
 
 impl FastReceiver {
-    /// Listens on a free port of 127.0.0.1.
+    /// Listens on a free port of 127.0.0.1, answering 200 to everything.
     pub async fn start() -> anyhow::Result<FastReceiver> {
+        FastReceiver::start_on("127.0.0.1:0", Respond::Ok).await
+    }
+
+    /// Listens on `addr` (a loopback address; port 0 for a free one),
+    /// answering by `respond`.
+    pub async fn start_on(addr: &str, respond: Respond) -> anyhow::Result<FastReceiver> {
+        let wanted: SocketAddr = addr.parse()?;
+        if !wanted.ip().is_loopback() {
+            anyhow::bail!("a receiver binds loopback addresses only, not {addr}");
+        }
         let seen = Arc::new(Seen {
+            respond,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             ..Seen::default()
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(wanted).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
             .fallback(hook)
@@ -84,12 +117,17 @@ impl FastReceiver {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Distinct deliveries received in full.
+    /// Requests received, whatever they were answered.
+    pub fn requests(&self) -> u64 {
+        self.seen.requests.load(Ordering::Relaxed)
+    }
+
+    /// Distinct deliveries received in full and answered with a 2xx.
     pub fn unique(&self) -> u64 {
         self.seen.unique.load(Ordering::Relaxed)
     }
 
-    /// Deliveries received again after their first arrival.
+    /// Deliveries answered with a 2xx again after their first such answer.
     pub fn duplicates(&self) -> u64 {
         self.seen.duplicates.load(Ordering::Relaxed)
     }
@@ -104,7 +142,8 @@ impl FastReceiver {
         self.seen.without_id.load(Ordering::Relaxed)
     }
 
-    /// When delivery `id` first arrived (its request head, that is).
+    /// When delivery `id` first arrived to be answered with a 2xx (its
+    /// request head, that is).
     pub fn arrival(&self, id: u128) -> Option<Instant> {
         self.seen
             .shard(id)
@@ -173,17 +212,42 @@ impl Drop for FastReceiver {
     }
 }
 
-async fn hook(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Body) -> StatusCode {
+async fn hook(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Body) -> Response {
     let arrived = Instant::now();
+    let nth = seen.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(c) => n += c.len() as u64,
-            Err(_) => return StatusCode::BAD_REQUEST,
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
         }
     }
     seen.bytes.fetch_add(n, Ordering::Relaxed);
+    let mut ok = StatusCode::OK;
+    match seen.respond {
+        Respond::Ok => {}
+        Respond::FailEvery(every) if every > 0 && nth % every == 0 => {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Respond::FailEvery(_) => {}
+        Respond::Always {
+            status,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if !status.is_success() {
+                let mut response = status.into_response();
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", HeaderValue::from(secs));
+                }
+                return response;
+            }
+            ok = status;
+        }
+    }
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -191,7 +255,7 @@ async fn hook(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Body) -> 
         .map(|u| u.as_u128());
     let Some(id) = id else {
         seen.without_id.fetch_add(1, Ordering::Relaxed);
-        return StatusCode::OK;
+        return ok.into_response();
     };
     let first = match seen.shard(id).lock() {
         Ok(mut map) => match map.entry(id) {
@@ -208,5 +272,5 @@ async fn hook(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Body) -> 
     } else {
         seen.duplicates.fetch_add(1, Ordering::Relaxed);
     }
-    StatusCode::OK
+    ok.into_response()
 }

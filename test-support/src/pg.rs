@@ -208,6 +208,17 @@ impl PrivatePg {
         started.expect("pg_ctl start");
     }
 
+    /// `pg_ctl stop -m fast`, then `pg_ctl start` again on the same data
+    /// and socket, as the cluster's owner; an error (not a panic) when
+    /// either fails.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.blocking(|c| {
+            c.stop_for_restart().context("pg_ctl stop -m fast")?;
+            c.start_again().context("pg_ctl start")
+        })
+        .await
+    }
+
     /// Stops the server and says whether it stopped cleanly.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(mut cluster) = self.cluster.take() {
