@@ -328,7 +328,8 @@ const AFTER_FROM: f64 = 0.80;
 struct Fault {
     at: Duration,
     what: &'static str,
-    /// Deliveries `delivering` (claimed, attempts in flight) just before.
+    /// Deliveries `delivering` (claimed, attempts in flight): just before
+    /// a restart; left by the killed worker, counted just after a kill.
     in_flight: Option<i64>,
     took: Duration,
 }
@@ -394,19 +395,24 @@ impl Rig<'_> {
         None
     }
 
-    async fn kill_worker(&mut self) -> anyhow::Result<()> {
+    /// SIGKILL to the worker, then a new one. Returns the deliveries the
+    /// killed one left `delivering` (counted between its death and the new
+    /// one's start: `serve` delivers nothing, so every one is the dead
+    /// worker's, and each waits for its lease to run out).
+    async fn kill_worker(&mut self) -> anyhow::Result<Option<i64>> {
         let pid = self.worker.pid();
         // SAFETY: kill(2) on a child of ours that is still running.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
             bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
         }
         self.worker.wait_exit(Duration::from_secs(10)).await?;
+        let orphaned = self.in_flight().await;
         self.incarnation += 1;
         let name = format!("soak-{}", self.incarnation);
         self.worker =
             self.ctx
                 .worker(&name, self.url, self.ctx.plan.concurrency, &self.worker_env)?;
-        Ok(())
+        Ok(orphaned)
     }
 }
 
@@ -491,18 +497,17 @@ async fn drive(
                 });
             }
             Event::KillWorker => {
-                let in_flight = rig.in_flight().await;
                 if let Some(w) = t.workers.last_mut() {
                     w.end = rig.worker.mem();
                 }
+                let pid = rig.worker.pid();
+                let t0 = Instant::now();
+                let in_flight = rig.kill_worker().await?;
                 println!(
-                    "  {:.0} s: kill -9 of the worker (pid {}), {} deliveries in flight",
+                    "  {:.0} s: kill -9 of the worker (pid {pid}): it left {} deliveries in flight",
                     at.as_secs_f64(),
-                    rig.worker.pid(),
                     in_flight.map_or("?".into(), |n| n.to_string())
                 );
-                let t0 = Instant::now();
-                rig.kill_worker().await?;
                 t.workers.push(Incarnation {
                     start: None,
                     end: None,
@@ -875,7 +880,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
     for f in &timeline.faults {
         report.detail(format!(
-            "soak: at {:.0} s, {}: {} deliveries in flight before, done in {}",
+            "soak: at {:.0} s, {}: {} deliveries in flight (before a restart; left by a kill), done in {}",
             f.at.as_secs_f64(),
             f.what,
             f.in_flight.map_or("?".into(), |n| n.to_string()),
@@ -924,7 +929,7 @@ pub async fn soak(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         Some(missing == 0),
     );
     report.row(
-        "soak: duplicates (2xx twice) vs. deliveries in flight at the kills / at all faults",
+        "soak: duplicates (2xx twice) vs. deliveries left in flight by the kills / in flight at all faults",
         format!("{duplicates} vs. {in_flight_at_kills} / {in_flight_at_faults}"),
         "≤ in flight at the faults",
         Some(duplicates as i64 <= in_flight_at_faults),
