@@ -51,6 +51,7 @@ mod ceiling;
 mod figures;
 mod harness;
 mod load;
+mod replay;
 mod report;
 mod scaleout;
 mod scenarios;
@@ -86,13 +87,15 @@ enum Scenario {
     Memory,
     /// The drain by 1, 2 and 4 `postback worker` processes on one database.
     Scaleout,
+    /// `postback replay --status failed --yes` of 100,000 failed deliveries.
+    Replay,
     /// A fixed rate to 50 hosts of a fixed mix for --soak-minutes while
     /// PostgreSQL restarts and a worker is killed (opt-in: `--only soak`;
     /// `--quick` runs a short one).
     Soak,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Ceiling,
     Scenario::Drain,
     Scenario::Ingest,
@@ -101,6 +104,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Backlog,
     Scenario::Memory,
     Scenario::Scaleout,
+    Scenario::Replay,
 ];
 
 /// Postback's benchmark: drain, ingest, end to end, light-load latency,
@@ -120,6 +124,9 @@ struct Args {
     /// Deliveries drained in `drain`, `backlog` and each `scaleout` step [default: 100000; --quick: 10000].
     #[arg(long)]
     deliveries: Option<u64>,
+    /// Failed deliveries the `replay` scenario replays [default: 100000; --quick: 10000].
+    #[arg(long)]
+    replay_deliveries: Option<u64>,
     /// Deliveries scheduled hours ahead in `backlog` [default: 1000000; --quick: 100000].
     #[arg(long)]
     backlog: Option<u64>,
@@ -184,6 +191,7 @@ impl Args {
             quick: q,
             drain_n: pick(self.deliveries, 100_000, 10_000).max(2),
             backlog_n: pick(self.backlog, 1_000_000, 100_000),
+            replay_n: pick(self.replay_deliveries, 100_000, 10_000).max(4),
             ingest_window: Duration::from_secs(pick(self.ingest_secs, 10, 5).max(1)),
             ingest_clients: self.clients.max(1),
             step: Duration::from_secs(pick(self.step_secs, 5, 2).max(1)),
@@ -416,6 +424,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Memory => ("memory", "6. memory: 1 GiB media stream"),
             Scenario::Scaleout => ("scaleout", "7. scale-out: several workers on one database"),
             Scenario::Soak => ("soak", "8. soak: a fixed rate through faults"),
+            Scenario::Replay => ("replay", "9. bulk replay of failed deliveries"),
         };
         println!("\n== {title} ==");
         let started = Instant::now();
@@ -429,6 +438,7 @@ async fn run_scenarios(ctx: &Ctx, which: &[Scenario], report: &mut Report) {
             Scenario::Memory => scenarios::memory(ctx, report).await,
             Scenario::Scaleout => scaleout::scaleout(ctx, report).await,
             Scenario::Soak => soak::soak(ctx, report).await,
+            Scenario::Replay => replay::replay(ctx, report).await,
         };
         if let Err(err) = outcome {
             eprintln!("bench: {name} failed: {err:#}");

@@ -25,6 +25,8 @@ pub struct Plan {
     pub quick: bool,
     pub drain_n: u64,
     pub backlog_n: u64,
+    /// Failed deliveries the `replay` scenario replays.
+    pub replay_n: u64,
     pub ingest_window: Duration,
     pub ingest_clients: usize,
     pub step: Duration,
@@ -152,7 +154,7 @@ impl Ctx {
     }
 
     /// `postback migrate` on `db_url`, to completion (bounded).
-    async fn migrate(&self, db_url: &str) -> anyhow::Result<()> {
+    pub(crate) async fn migrate(&self, db_url: &str) -> anyhow::Result<()> {
         let run = tokio::process::Command::new(&self.bin)
             .arg("migrate")
             .env("DATABASE_URL", db_url)

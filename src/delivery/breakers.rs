@@ -60,6 +60,15 @@ pub fn per_origin(batch: &[Completion]) -> Vec<OriginOutcomes> {
         let Some(origin) = c.origin.as_deref() else {
             continue;
         };
+        // A 410 is the receiver saying one delivery's endpoint is gone: the
+        // origin answered, so it is no failure of the origin, and opening
+        // its breaker would only hold the next deliveries to it for their
+        // whole horizon before the 410 that ends them (the soak saw it).
+        // Nor is it a success that would close a breaker other paths keep
+        // failing: it is left out.
+        if c.error == Some(super::GONE) {
+            continue;
+        }
         let entry = by_origin.entry(origin).or_insert_with(|| OriginOutcomes {
             origin: origin.to_owned(),
             succeeded: false,
@@ -255,6 +264,18 @@ mod tests {
             error,
             response_snippet: None,
         }
+    }
+
+    #[test]
+    fn a_410_neither_counts_as_a_failure_nor_closes_a_breaker() {
+        let mut gone = outcome(
+            "https://g:443",
+            DeliveryState::Failed,
+            Some(crate::delivery::GONE),
+        );
+        gone.status_code = Some(410);
+        let got = per_origin(&[gone.clone(), gone]);
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub async fn run(
     breakers: std::sync::Arc<super::breakers::Breakers>,
     stop: CancellationToken,
 ) {
+    // With breakers on, a retry of an origin whose breaker is open is
+    // written held (it waits for the probe, at most until its horizon).
+    let hold = (breakers.threshold > 0).then_some(breakers.give_up);
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
     loop {
         tokio::select! {
@@ -48,17 +51,17 @@ pub async fn run(
                 while let Ok(c) = rx.try_recv() {
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
-                        flush(&pool, &schema, retain, &batch).await;
+                        flush(&pool, &schema, retain, hold, &batch).await;
                         breakers.after_flush(&pool, &schema, &batch, &waker).await;
                         batch.clear();
                     }
                 }
-                flush(&pool, &schema, retain, &batch).await;
+                flush(&pool, &schema, retain, hold, &batch).await;
                 breakers.after_flush(&pool, &schema, &batch, &waker).await;
                 return;
             }
         }
-        flush(&pool, &schema, retain, &batch).await;
+        flush(&pool, &schema, retain, hold, &batch).await;
         breakers.after_flush(&pool, &schema, &batch, &waker).await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
@@ -95,12 +98,20 @@ const FLUSH_GIVE_UP: Duration = Duration::from_secs(180);
 /// the database coming back.
 const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Writes `batch`; final deliveries are kept for `retain` (the TTL).
-async fn flush(pool: &PgPool, schema: &Schema, retain: Duration, batch: &[Completion]) {
+/// Writes `batch`; final deliveries are kept for `retain` (the TTL);
+/// retries of an open origin are held for at most `hold` from their cycle's
+/// start (see [`claim::complete`]).
+async fn flush(
+    pool: &PgPool,
+    schema: &Schema,
+    retain: Duration,
+    hold: Option<Duration>,
+    batch: &[Completion],
+) {
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
-        match claim::complete(pool, schema, batch, retain).await {
+        match claim::complete(pool, schema, batch, retain, hold).await {
             Ok(written) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(
@@ -115,7 +126,7 @@ async fn flush(pool: &PgPool, schema: &Schema, retain: Duration, batch: &[Comple
                 // others: write them one by one.
                 tracing::warn!(error = %err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
-                    Box::pin(flush(pool, schema, retain, std::slice::from_ref(one))).await;
+                    Box::pin(flush(pool, schema, retain, hold, std::slice::from_ref(one))).await;
                 }
                 return;
             }

@@ -293,11 +293,19 @@ pub struct Completion {
 /// A delivery that becomes final is kept for `retain` (`POSTBACK_JOB_TTL`)
 /// from now, or until its job's expiry if that is later (SPEC §3): its
 /// `expires_at` moves to the later of the two.
+///
+/// With `hold` (breakers on: the give-up horizon), a retry of an origin
+/// whose breaker is open is written held, in the same statement: written
+/// due, an immediate retry was claimed and sent in the moment before the
+/// breaker's own hold ran (the soak saw most of a dead host's deliveries
+/// get a third attempt after its breaker had opened). The breaker's probe
+/// is not held. Only retries pay for the lookup; successes never do.
 pub async fn complete<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
     batch: &[Completion],
     retain: std::time::Duration,
+    hold: Option<std::time::Duration>,
 ) -> Result<u64> {
     if batch.is_empty() {
         return Ok(0);
@@ -322,7 +330,9 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
          upd AS (
              UPDATE postback.deliveries d
              SET state = u.state,
-                 next_attempt_at = u.next_at,
+                 next_attempt_at = CASE WHEN h.held
+                     THEN greatest(u.next_at, coalesce(d.cycle_started_at, u.started_at) + make_interval(secs => $11))
+                     ELSE u.next_at END,
                  lease = NULL,
                  attempts = d.attempts + 1,
                  cycle_attempts = d.cycle_attempts + 1,
@@ -330,12 +340,17 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
                  last_attempt_at = u.started_at,
                  last_status_code = u.status_code,
                  last_error = u.error,
-                 held_due = NULL,
+                 held_due = CASE WHEN h.held THEN u.next_at END,
                  completed_at = CASE WHEN u.state IN ('delivered', 'failed') THEN now() END,
                  expires_at = CASE WHEN u.state IN ('delivered', 'failed')
                                    THEN greatest(d.expires_at, now() + make_interval(secs => $10))
                                    ELSE d.expires_at END
-             FROM u WHERE d.id = u.id AND d.lease = u.lease
+             FROM u CROSS JOIN LATERAL (
+                 SELECT $11::float8 IS NOT NULL AND u.state = 'pending' AND EXISTS (
+                     SELECT 1 FROM postback.deliveries dd
+                     JOIN postback.destinations o ON o.origin = dd.origin
+                     WHERE dd.id = u.id AND o.state = 'open' AND o.probe_id IS DISTINCT FROM dd.id) AS held) h
+             WHERE d.id = u.id AND d.lease = u.lease
              RETURNING d.id, d.attempts),
          ins AS (
              INSERT INTO postback.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, response_snippet)
@@ -354,6 +369,7 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
     .bind(&errors)
     .bind(&snippets)
     .bind(retain.as_secs_f64().min(crate::store::jobs::MAX_TTL_SECS))
+    .bind(hold.map(|h| h.as_secs_f64().min(crate::store::jobs::MAX_TTL_SECS)))
     .fetch_one(db)
     .await?;
     Ok(n.max(0) as u64)

@@ -543,3 +543,108 @@ async fn a_late_failure_does_not_hold_the_probe_again() {
         .unwrap();
     assert_eq!(cooldown_secs, 120.0);
 }
+
+/// Store-level: an immediate retry of an origin whose breaker is open is
+/// written held by the completion itself (before, it was written due and
+/// held a moment later, and a claim in between sent it: the soak saw most
+/// of a dead host's deliveries get a third attempt after the breaker had
+/// opened). The breaker's probe is written due.
+#[tokio::test]
+async fn a_retry_to_an_open_origin_is_written_held_but_the_probe_is_not() {
+    use postback::queue::claim::{self, Completion};
+    use postback::state::{DeliveryKind, DeliveryState};
+
+    let url = crate::helpers::fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    postback::migrate(&pool).await.unwrap();
+    let lib = postback::Postback::new(&crate::helpers::test_config(&url)).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id = lib
+            .enqueue(
+                &pool,
+                postback::NewDelivery {
+                    url: "http://127.0.0.1:9/open".into(),
+                    method: Default::default(),
+                    headers: Default::default(),
+                    content_type: None,
+                    customer_id: None,
+                    body: Some("x".into()),
+                    body_base64: None,
+                    json: None,
+                },
+            )
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let (origin, lease): (String, uuid::Uuid) = (
+        sqlx::query_scalar("SELECT origin FROM postback.deliveries LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        uuid::Uuid::now_v7(),
+    );
+    // Both are in flight (leased); the breaker opens with the second as its
+    // probe.
+    sqlx::query("UPDATE postback.deliveries SET state = 'delivering', lease = $1")
+        .bind(lease)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO postback.destinations (origin, state, consecutive_failures, opened_at,
+                                            cooldown_secs, next_probe_at, probing_since, probe_id)
+         VALUES ($1, 'open', 10, now(), 60, now() + interval '1 minute', now(), $2)",
+    )
+    .bind(&origin)
+    .bind(ids[1])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let retry = |id| Completion {
+        id,
+        lease,
+        origin: Some(origin.clone()),
+        kind: DeliveryKind::Generic,
+        state: DeliveryState::Pending,
+        next_attempt_at: Some(now),
+        started_at: now,
+        duration_ms: 3,
+        status_code: Some(500),
+        error: Some("http_error"),
+        response_snippet: None,
+    };
+    let give_up = Duration::from_secs(3600);
+    let written = claim::complete(
+        &pool,
+        &postback::Schema::default(),
+        &[retry(ids[0]), retry(ids[1])],
+        Duration::from_secs(7 * 86_400),
+        Some(give_up),
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, 2);
+    let rows: Vec<(uuid::Uuid, bool, f64)> = sqlx::query_as(
+        "SELECT id, held_due IS NOT NULL,
+                extract(epoch FROM next_attempt_at - cycle_started_at)::float8
+         FROM postback.deliveries",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (id, held, wait) in rows {
+        if id == ids[0] {
+            assert!(held, "the retry was written due behind an open breaker");
+            assert!(
+                (wait - 3600.0).abs() < 1.0,
+                "held until {wait} s, not the horizon"
+            );
+        } else {
+            assert!(!held, "the probe was written held");
+            assert!(wait.abs() < 1.0, "the probe is not due at once: {wait} s");
+        }
+    }
+}
