@@ -79,9 +79,7 @@ pub async fn replay(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     );
     report.figure(f::REPLAY_RATE, rate, "/s", Better::Higher);
     report.row(
-        &format!(
-            "bulk replay: `postback replay --status failed --yes --rate {RATE}`, {total} rows"
-        ),
+        format!("bulk replay: `postback replay --status failed --yes --rate {RATE}`, {total} rows"),
         format!("{:.2} s ({rate:.0} deliveries/s)", took.as_secs_f64()),
         "—",
         None,
