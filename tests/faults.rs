@@ -1042,8 +1042,8 @@ fn reset_peak(p: &Postback) {
 }
 
 fn peak_mib(p: &Postback) -> f64 {
-    let (_, hwm) = p.memory_kib().expect("serve is running");
-    hwm as f64 / 1024.0
+    let mem = p.memory().expect("serve is running");
+    mem.hwm_kib as f64 / 1024.0
 }
 
 async fn large_payload_memory() {

@@ -227,29 +227,12 @@ pub struct Probe {
     xid: i64,
 }
 
-/// Memory of a process from `/proc/<pid>/status`, in KiB.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Mem {
-    pub rss_kib: u64,
-    pub hwm_kib: u64,
-    /// Resident anonymous memory (`RssAnon`): RSS without the shared
-    /// memory and file pages it maps (PostgreSQL's shared buffers).
-    pub anon_kib: u64,
-}
+/// Memory of a process from `/proc/<pid>/status`, in KiB (read by
+/// `postback-test-support`).
+pub use postback_test_support::child::Memory as Mem;
 
 pub fn mem_of(pid: u32) -> Option<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some(Mem {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
-        anon_kib: field("RssAnon:").unwrap_or(0),
-    })
+    child::memory(pid)
 }
 
 /// The PostgreSQL processes of the cluster whose data directory is

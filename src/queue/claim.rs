@@ -298,8 +298,9 @@ pub struct Completion {
 /// whose breaker is open is written held, in the same statement: written
 /// due, an immediate retry was claimed and sent in the moment before the
 /// breaker's own hold ran (the soak saw most of a dead host's deliveries
-/// get a third attempt after its breaker had opened). The breaker's probe
-/// is not held. Only retries pay for the lookup; successes never do.
+/// get a third attempt after its breaker had opened). A failed probe is
+/// held too (its breaker re-opens right after, in the breakers' update).
+/// Only retries pay for the lookup; successes never do.
 pub async fn complete<'e, E: PgExecutor<'e>>(
     db: E,
     schema: &Schema,
@@ -349,7 +350,7 @@ pub async fn complete<'e, E: PgExecutor<'e>>(
                  SELECT $11::float8 IS NOT NULL AND u.state = 'pending' AND EXISTS (
                      SELECT 1 FROM postback.deliveries dd
                      JOIN postback.destinations o ON o.origin = dd.origin
-                     WHERE dd.id = u.id AND o.state = 'open' AND o.probe_id IS DISTINCT FROM dd.id) AS held) h
+                     WHERE dd.id = u.id AND o.state = 'open') AS held) h
              WHERE d.id = u.id AND d.lease = u.lease
              RETURNING d.id, d.attempts),
          ins AS (

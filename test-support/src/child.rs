@@ -178,10 +178,9 @@ impl Child {
         }
     }
 
-    /// Its resident memory now and at its peak (VmRSS, VmHWM), in KiB,
-    /// from `/proc`; `None` once it has exited.
-    pub fn memory_kib(&self) -> Option<(u64, u64)> {
-        memory_kib(self.pid)
+    /// Its resident memory (see [`memory`]); `None` once it has exited.
+    pub fn memory(&self) -> Option<Memory> {
+        memory(self.pid)
     }
 
     /// Sends SIGTERM, the way systemd or Kubernetes stops it.
@@ -307,9 +306,20 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Resident memory of process `pid` now and at its peak (VmRSS, VmHWM), in
-/// KiB, from `/proc/PID/status`.
-pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+/// Resident memory of a process, in KiB, from `/proc/PID/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Resident at its peak (`VmHWM`).
+    pub hwm_kib: u64,
+    /// Resident anonymous memory (`RssAnon`): RSS without the shared
+    /// memory and file pages it maps.
+    pub anon_kib: u64,
+}
+
+/// The resident memory of process `pid`; `None` once it has exited.
+pub fn memory(pid: u32) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -317,7 +327,11 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        anon_kib: field("RssAnon:").unwrap_or(0),
+    })
 }
 
 #[cfg(test)]

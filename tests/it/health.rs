@@ -345,8 +345,9 @@ async fn destinations_are_listed_and_reset_by_hand() {
     assert!(destinations(&app, "?state=open").await.is_empty());
 }
 
-#[tokio::test]
-async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
+/// A server whose breakers open after 3 failures and stay open a minute,
+/// with a 4 s give-up horizon, and a receiver answering 500.
+async fn short_horizon_and_a_dead_receiver() -> (TestApp, Receiver) {
     let app = TestApp::spawn_with(|c| {
         breaker_config(c);
         c.breaker_cooldown = Duration::from_secs(60);
@@ -355,6 +356,12 @@ async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
     .await;
     let dead = Receiver::start().await;
     dead.always(Answer::status(500));
+    (app, dead)
+}
+
+#[tokio::test]
+async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
+    let (app, dead) = short_horizon_and_a_dead_receiver().await;
     let started = Instant::now();
     let id = deliver(&app, dead.url("/h")).await;
     for _ in 0..3 {
@@ -386,14 +393,7 @@ async fn the_last_attempt_at_the_horizon_goes_even_while_the_breaker_is_open() {
 /// attempt the breaker put off (the soak measured twice the horizon).
 #[tokio::test]
 async fn a_delivery_born_held_gives_up_one_horizon_after_it_was_queued() {
-    let app = TestApp::spawn_with(|c| {
-        breaker_config(c);
-        c.breaker_cooldown = Duration::from_secs(60);
-        c.retry_give_up = Duration::from_secs(4);
-    })
-    .await;
-    let dead = Receiver::start().await;
-    dead.always(Answer::status(500));
+    let (app, dead) = short_horizon_and_a_dead_receiver().await;
     for _ in 0..3 {
         deliver(&app, dead.url("/opener")).await;
     }
@@ -411,6 +411,35 @@ async fn a_delivery_born_held_gives_up_one_horizon_after_it_was_queued() {
     assert_eq!(view["attemptCount"], 1, "{view:#}");
 }
 
+/// Store-level fixture: a migrated database of its own (no engine runs on
+/// it) with `n` deliveries queued to one origin (`127.0.0.1:9`, nothing
+/// listens); the pool, their ids and that origin.
+async fn queued_to_one_origin(path: &str, n: usize) -> (sqlx::PgPool, Vec<uuid::Uuid>, String) {
+    let url = crate::helpers::fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    postback::migrate(&pool).await.unwrap();
+    let lib = postback::Postback::new(&crate::helpers::test_config(&url)).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let delivery = postback::NewDelivery {
+            url: format!("http://127.0.0.1:9{path}"),
+            method: Default::default(),
+            headers: Default::default(),
+            content_type: None,
+            customer_id: None,
+            body: Some("x".into()),
+            body_base64: None,
+            json: None,
+        };
+        ids.push(lib.enqueue(&pool, delivery).await.unwrap());
+    }
+    let origin: String = sqlx::query_scalar("SELECT DISTINCT origin FROM postback.deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    (pool, ids, origin)
+}
+
 /// Store-level: a breaker opened by three failures, its probe let go, then
 /// a late failure of an attempt that started before it opened. The probe
 /// must stay due (before the fix it was held again, and the breaker stayed
@@ -420,31 +449,7 @@ async fn a_late_failure_does_not_hold_the_probe_again() {
     use postback::store::destinations::{self, OriginOutcomes};
     use postback::Schema;
 
-    let url = crate::helpers::fresh_database().await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    postback::migrate(&pool).await.unwrap();
-    let lib = postback::Postback::new(&crate::helpers::test_config(&url)).unwrap();
-    for _ in 0..3 {
-        lib.enqueue(
-            &pool,
-            postback::NewDelivery {
-                url: "http://127.0.0.1:9/late".into(),
-                method: Default::default(),
-                headers: Default::default(),
-                content_type: None,
-                customer_id: None,
-                body: Some("x".into()),
-                body_base64: None,
-                json: None,
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let origin: String = sqlx::query_scalar("SELECT DISTINCT origin FROM postback.deliveries")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (pool, _ids, origin) = queued_to_one_origin("/late", 3).await;
     let schema = Schema::default();
     let fail = |ids: Vec<uuid::Uuid>| OriginOutcomes {
         origin: origin.clone(),
@@ -548,43 +553,15 @@ async fn a_late_failure_does_not_hold_the_probe_again() {
 /// written held by the completion itself (before, it was written due and
 /// held a moment later, and a claim in between sent it: the soak saw most
 /// of a dead host's deliveries get a third attempt after the breaker had
-/// opened). The breaker's probe is written due.
+/// opened). So is a failed probe's retry: written due, it was claimed in
+/// the moment before its breaker re-opened.
 #[tokio::test]
-async fn a_retry_to_an_open_origin_is_written_held_but_the_probe_is_not() {
+async fn a_retry_to_an_open_origin_is_written_held_the_probes_too() {
     use postback::queue::claim::{self, Completion};
     use postback::state::{DeliveryKind, DeliveryState};
 
-    let url = crate::helpers::fresh_database().await;
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    postback::migrate(&pool).await.unwrap();
-    let lib = postback::Postback::new(&crate::helpers::test_config(&url)).unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let id = lib
-            .enqueue(
-                &pool,
-                postback::NewDelivery {
-                    url: "http://127.0.0.1:9/open".into(),
-                    method: Default::default(),
-                    headers: Default::default(),
-                    content_type: None,
-                    customer_id: None,
-                    body: Some("x".into()),
-                    body_base64: None,
-                    json: None,
-                },
-            )
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    let (origin, lease): (String, uuid::Uuid) = (
-        sqlx::query_scalar("SELECT origin FROM postback.deliveries LIMIT 1")
-            .fetch_one(&pool)
-            .await
-            .unwrap(),
-        uuid::Uuid::now_v7(),
-    );
+    let (pool, ids, origin) = queued_to_one_origin("/open", 2).await;
+    let lease = uuid::Uuid::now_v7();
     // Both are in flight (leased); the breaker opens with the second as its
     // probe.
     sqlx::query("UPDATE postback.deliveries SET state = 'delivering', lease = $1")
@@ -636,15 +613,11 @@ async fn a_retry_to_an_open_origin_is_written_held_but_the_probe_is_not() {
     .await
     .unwrap();
     for (id, held, wait) in rows {
-        if id == ids[0] {
-            assert!(held, "the retry was written due behind an open breaker");
-            assert!(
-                (wait - 3600.0).abs() < 1.0,
-                "held until {wait} s, not the horizon"
-            );
-        } else {
-            assert!(!held, "the probe was written held");
-            assert!(wait.abs() < 1.0, "the probe is not due at once: {wait} s");
-        }
+        let which = if id == ids[0] { "a retry" } else { "the probe" };
+        assert!(held, "{which} was written due behind an open breaker");
+        assert!(
+            (wait - 3600.0).abs() < 1.0,
+            "{which} held until {wait} s, not the horizon"
+        );
     }
 }
