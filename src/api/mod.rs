@@ -69,7 +69,7 @@ pub struct AppState {
     /// Largest accepted request body.
     pub max_body: usize,
     /// Bytes of request bodies being read and handled at once (see
-    /// [`body::hold_budget`]); `Default` gives [`body::BODY_BUDGET`].
+    /// `body::hold_budget`); `Default` gives `body::BODY_BUDGET`.
     pub body_budget: body::BodyBudget,
 }
 
