@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use super::{ApiError, AppState};
+use super::ApiError;
 use crate::error::ErrorCode;
 use crate::validate::{parse_json, JsonObjects};
 
@@ -109,7 +109,14 @@ impl Default for BodyBudget {
 /// read and handled: its `Content-Length` (at most the budget), or
 /// `POSTBACK_MAX_BODY` when it does not say (chunked). Small bodies and
 /// bodiless requests pass at once.
-pub async fn hold_budget(state: State<AppState>, request: Request, next: Next) -> Response {
+///
+/// Its state is the budget and `POSTBACK_MAX_BODY` alone (not the whole
+/// `AppState`, which an extractor would clone on every request).
+pub async fn hold_budget(
+    State((budget, max_body)): State<(BodyBudget, usize)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -122,16 +129,16 @@ pub async fn hold_budget(state: State<AppState>, request: Request, next: Next) -
     let want = match declared {
         Some(len) if len <= SMALL_BODY => 0,
         // Refused by the body limit (413) before a byte of it is read.
-        Some(len) if len > state.max_body as u64 => 0,
+        Some(len) if len > max_body as u64 => 0,
         Some(len) => len,
-        None if chunked => state.max_body as u64,
+        None if chunked => max_body as u64,
         None => 0,
     };
     if want == 0 {
         return next.run(request).await;
     }
     let want = want.min(BODY_BUDGET as u64).min(u32::MAX as u64) as u32;
-    let Ok(_room) = state.body_budget.0.clone().acquire_many_owned(want).await else {
+    let Ok(_room) = budget.0.clone().acquire_many_owned(want).await else {
         return next.run(request).await;
     };
     next.run(request).await

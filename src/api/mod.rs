@@ -185,7 +185,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.body_budget.clone(), state.max_body),
             body::hold_budget,
         ))
         .layer(axum::middleware::from_fn_with_state(
