@@ -439,11 +439,16 @@ async fn slow_receivers() {
         .collect();
     assert_eq!(hosts_tried.len(), 2, "attempts at both bad hosts");
     // Each bad host held at most its share, and every connection was
-    // dropped at the timeout, not kept.
+    // dropped at the timeout, not kept. (A close the receiver notices up to
+    // 200 ms late is not an overlap: an attempt over the limit would
+    // overlap for its whole second. Without the allowance one run in a
+    // loaded machine's several saw 5 for 4.)
+    let lag = Duration::from_millis(200);
     for (name, raw) in [("hanging", &hang), ("trickling", &trickle)] {
         assert!(
-            raw.max_concurrent() <= PER_HOST,
-            "{name} host had {} attempts at once",
+            raw.max_concurrent_within(lag) <= PER_HOST,
+            "{name} host had {} attempts at once ({} counting closes as the receiver saw them)",
+            raw.max_concurrent_within(lag),
             raw.max_concurrent()
         );
         for (arrival, end) in raw.held() {

@@ -74,11 +74,20 @@ impl Raw {
 
     /// The most requests held at one moment.
     pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent_within(Duration::ZERO)
+    }
+
+    /// The most requests held at one moment, a request counting as ended
+    /// `lag` before this server noticed its connection close. The server
+    /// notices a close late when the machine is busy, and a new request
+    /// then seems to overlap the one its client had already given up on;
+    /// a real excess request overlaps by far more (a whole attempt).
+    pub fn max_concurrent_within(&self, lag: Duration) -> usize {
         let held = self.held();
         held.iter()
             .map(|(arrival, _)| {
                 held.iter()
-                    .filter(|(a, end)| a <= arrival && end.is_none_or(|e| *arrival < e))
+                    .filter(|(a, end)| a <= arrival && end.is_none_or(|e| *arrival + lag < e))
                     .count()
             })
             .max()
