@@ -1046,6 +1046,24 @@ fn reset_peak(p: &Postback) {
     std::fs::write(format!("/proc/{}/clear_refs", p.pid()), "5").expect("reset VmHWM");
 }
 
+/// POSTs a JSON body already serialized (large bodies are built once, up
+/// front) to `serve`, with the token and a timeout that fits them.
+async fn post_json_bytes(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(60))
+        .body(body)
+        .send()
+        .await
+}
+
 fn peak_mib(p: &Postback) -> f64 {
     let mem = p.memory().expect("serve is running");
     mem.hwm_kib as f64 / 1024.0
@@ -1081,13 +1099,7 @@ async fn large_payload_memory() {
         serde_json::json!({"status": "finished", "result": {"transcript": big_transcript(62_000)}});
     let body = serde_json::to_vec(&result).unwrap();
     let result_mib = body.len() as f64 / 1048576.0;
-    let r = client
-        .post(format!("{base}/v1/jobs/big/result"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(60))
-        .body(body)
-        .send()
+    let r = post_json_bytes(&client, &base, "/v1/jobs/big/result", body)
         .await
         .expect("post result");
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
@@ -1114,13 +1126,7 @@ async fn large_payload_memory() {
         let client = client.clone();
         let base = base.clone();
         async move {
-            let r = client
-                .post(format!("{base}/v1/deliveries"))
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/json")
-                .timeout(Duration::from_secs(60))
-                .body(body)
-                .send()
+            let r = post_json_bytes(&client, &base, "/v1/deliveries", body)
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             if r.status() != 202 {
