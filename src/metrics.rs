@@ -64,15 +64,19 @@ pub const EVENT_TYPES: [&str; 3] = [
 /// How often the queue gauges are read from the database.
 pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The outcome of the one installation attempt of this process: callers
+/// racing to install wait for it (`get_or_init`) instead of one of them
+/// reading "not installed" while another is half way through.
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and returns its
 /// handle (later calls return the same handle). Returns `None` when another
 /// recorder was installed first (an embedder's own).
 pub fn install() -> Option<PrometheusHandle> {
-    if let Some(handle) = HANDLE.get() {
-        return Some(handle.clone());
-    }
+    HANDLE.get_or_init(install_once).clone()
+}
+
+fn install_once() -> Option<PrometheusHandle> {
     let buckets = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     ];
@@ -89,13 +93,10 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_err() {
-        return HANDLE.get().cloned();
-    }
+    metrics::set_global_recorder(recorder).ok()?;
     spawn_upkeep(handle.clone());
     describe();
-    let _ = HANDLE.set(handle.clone());
-    Some(HANDLE.get().cloned().unwrap_or(handle))
+    Some(handle)
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -346,12 +347,22 @@ mod tests {
         let Some(_handle) = install() else {
             panic!("another recorder was installed first");
         };
-        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("/proc/self/task")
-            .filter_map(|t| t.ok())
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .map(|n| n.trim().to_owned())
-            .collect();
+        // A new thread names itself once it runs: look for a while (CI saw
+        // the thread not yet named right after `install`).
+        let threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .expect("/proc/self/task")
+                .filter_map(|t| t.ok())
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut names = threads();
+        while !names.iter().any(|n| n == "metrics-upkeep") && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            names = threads();
+        }
         assert!(
             names.iter().any(|n| n == "metrics-upkeep"),
             "no upkeep thread among {names:?}"
