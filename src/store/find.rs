@@ -187,7 +187,10 @@ fn push_where(
             b.push(" AND d.state = 'delivering' AND d.next_attempt_at > now()");
         }
         Some(state) => {
-            b.push(" AND d.state = ").push_bind(state);
+            // A literal, not a parameter: the failed listing's partial
+            // indexes (`WHERE state = 'failed'`) must stay provable when
+            // PostgreSQL switches the statement to a generic plan.
+            b.push(format!(" AND d.state = '{}'", state.as_str()));
         }
     }
     if let Some(c) = &q.customer {

@@ -166,6 +166,54 @@ async fn replay_by_id_and_bad_usage() {
     app.stop().await;
 }
 
+/// Payloads and attempts carry no foreign key (it cost a check per row on
+/// every insert); a statement trigger removes them with their delivery,
+/// however the delivery goes: deleted itself, or with its job.
+#[tokio::test]
+async fn a_delivery_deleted_any_way_takes_its_payload_and_attempts() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn().await;
+    for job in ["kept", "dropped"] {
+        let body = json!({"jobId": job, "publish": {"callbacks": [{"url": receiver.url("/cb")}, {"url": receiver.url("/cb2")}]}});
+        assert_eq!(app.post("/v1/jobs", body).await.status(), 201);
+        let result = json!({"status": "finished", "result": {"transcript": {"words": []}}});
+        let posted = app.post(&format!("/v1/jobs/{job}/result"), result).await;
+        assert_eq!(posted.status(), 200);
+    }
+    receiver.wait_for(4, Duration::from_secs(10)).await;
+    let rows = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let children = "SELECT (SELECT count(*) FROM postback.payloads) + (SELECT count(*) FROM postback.attempts)";
+    // 4 deliveries, each with a payload and (once delivered) an attempt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(children).await < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows(children).await, 8);
+    // One delivery of "kept" deleted on its own.
+    sqlx::query("DELETE FROM postback.deliveries WHERE id = (SELECT id FROM postback.deliveries WHERE job_id = 'kept' LIMIT 1)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // "dropped" deleted as a job: its deliveries go by the jobs' cascade.
+    sqlx::query("DELETE FROM postback.jobs WHERE id = 'dropped'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows("SELECT count(*) FROM postback.deliveries").await, 1);
+    assert_eq!(rows(children).await, 2, "children outlived their delivery");
+    let orphans = "SELECT (SELECT count(*) FROM postback.payloads p WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = p.delivery_id))
+                        + (SELECT count(*) FROM postback.attempts a WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = a.delivery_id))";
+    assert_eq!(rows(orphans).await, 0);
+}
+
 #[tokio::test]
 async fn purge_expired_leaves_no_row_of_an_expired_job() {
     let receiver = Receiver::start().await;
