@@ -47,11 +47,32 @@ pub enum NoSecret {
     },
 }
 
-/// The secrets of one customer as cached.
-#[derive(Debug, Clone)]
+/// The secrets of one customer as cached, shared by every attempt.
+#[derive(Debug)]
 struct Entry {
     /// Newest first, each with the end of its grace (`None`: current).
     secrets: Vec<(SigningSecret, Option<OffsetDateTime>)>,
+    /// Those live when `live` was last worked out, handed out as they are
+    /// (an attempt clones an `Arc`, never the keys) until `live_until`.
+    live: Arc<[SigningSecret]>,
+    /// The earliest end of a grace among `live` (`None`: none ends).
+    live_until: Option<OffsetDateTime>,
+}
+
+impl Entry {
+    fn new(secrets: Vec<(SigningSecret, Option<OffsetDateTime>)>, now: OffsetDateTime) -> Entry {
+        let (live, live_until) = live_at(&secrets, now);
+        Entry {
+            secrets,
+            live,
+            live_until,
+        }
+    }
+
+    /// True while `live` is what [`live_at`] would work out at `now`.
+    fn current_at(&self, now: OffsetDateTime) -> bool {
+        self.live_until.is_none_or(|until| now < until)
+    }
 }
 
 /// The signing secrets of every customer this process has delivered for.
@@ -62,7 +83,7 @@ pub struct Secrets {
     keys: Arc<Keyring>,
     /// Shared, so an attempt without a customer costs no allocation.
     default: Arc<[SigningSecret]>,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
     /// Bumped by every invalidation: a read that started before one is not
     /// cached.
     generation: AtomicU64,
@@ -91,26 +112,42 @@ impl Secrets {
             return Ok(self.default.clone());
         };
         let now = OffsetDateTime::now_utc();
-        if let Some(entry) = self.cached(customer) {
-            return live(customer, &entry, now);
+        let entry = match self.cached(customer) {
+            Some(entry) => entry,
+            None => {
+                let generation = self.generation.load(Ordering::SeqCst);
+                let entry = Arc::new(Entry::new(self.read(customer).await?, now));
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    self.lock().insert(customer.to_owned(), entry.clone());
+                }
+                entry
+            }
+        };
+        let live = if entry.current_at(now) {
+            entry.live.clone()
+        } else {
+            // A grace ended since: work the live set out again (rare, so
+            // not written back; the rotation that ends it NOTIFYs anyway).
+            live_at(&entry.secrets, now).0
+        };
+        if live.is_empty() {
+            return Err(NoSecret::CustomerGone(customer.to_owned()));
         }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let entry = self.read(customer).await?;
-        if self.generation.load(Ordering::SeqCst) == generation {
-            self.lock().insert(customer.to_owned(), entry.clone());
-        }
-        live(customer, &entry, now)
+        Ok(live)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cached(&self, customer: &str) -> Option<Entry> {
+    fn cached(&self, customer: &str) -> Option<Arc<Entry>> {
         self.lock().get(customer).cloned()
     }
 
-    async fn read(&self, customer: &str) -> Result<Entry, NoSecret> {
+    async fn read(
+        &self,
+        customer: &str,
+    ) -> Result<Vec<(SigningSecret, Option<OffsetDateTime>)>, NoSecret> {
         let unreadable = |reason: String| NoSecret::Unreadable {
             customer: customer.to_owned(),
             reason,
@@ -127,7 +164,7 @@ impl Secrets {
             let secret = SigningSecret::parse(&text).map_err(|e| unreadable(e.to_string()))?;
             secrets.push((secret, row.expires_at));
         }
-        Ok(Entry { secrets })
+        Ok(secrets)
     }
 
     /// Forgets `customer` (its secrets changed).
@@ -186,20 +223,16 @@ impl Secrets {
     }
 }
 
-/// The secrets of `entry` still live at `now`, newest first.
-fn live(
-    customer: &str,
-    entry: &Entry,
+/// The secrets of `secrets` still live at `now`, newest first, and the
+/// earliest end of a grace among them (when the answer next changes).
+fn live_at(
+    secrets: &[(SigningSecret, Option<OffsetDateTime>)],
     now: OffsetDateTime,
-) -> Result<Arc<[SigningSecret]>, NoSecret> {
-    let secrets: Vec<SigningSecret> = entry
-        .secrets
+) -> (Arc<[SigningSecret]>, Option<OffsetDateTime>) {
+    let live: Vec<&(SigningSecret, Option<OffsetDateTime>)> = secrets
         .iter()
         .filter(|(_, ends)| ends.is_none_or(|end| end > now))
-        .map(|(s, _)| s.clone())
         .collect();
-    if secrets.is_empty() {
-        return Err(NoSecret::CustomerGone(customer.to_owned()));
-    }
-    Ok(Arc::from(secrets))
+    let until = live.iter().filter_map(|(_, ends)| *ends).min();
+    (live.into_iter().map(|(s, _)| s.clone()).collect(), until)
 }
