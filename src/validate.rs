@@ -462,8 +462,13 @@ pub fn new_delivery(
             })?;
         (bytes, "application/octet-stream")
     } else {
-        let json = d.json.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        (json.into_bytes(), "application/json")
+        // Straight into bytes (`to_string` went through `fmt::Write`).
+        let json = d
+            .json
+            .as_ref()
+            .and_then(|v| serde_json::to_vec(v).ok())
+            .unwrap_or_default();
+        (json, "application/json")
     };
     let content_type = match &d.content_type {
         Some(ct) if HeaderValue::from_str(ct).is_err() || ct.is_empty() => {
