@@ -565,41 +565,39 @@ async fn delete_erases_everything_of_the_customer_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    let count = |sql: &'static str| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     assert_eq!(
-        count("SELECT count(*) FROM postback.deliveries WHERE customer_id = 'gone'").await,
+        app.count("SELECT count(*) FROM postback.deliveries WHERE customer_id = 'gone'")
+            .await,
         0
     );
     assert_eq!(
-        count("SELECT count(*) FROM postback.jobs WHERE customer_id = 'gone'").await,
+        app.count("SELECT count(*) FROM postback.jobs WHERE customer_id = 'gone'")
+            .await,
         0
     );
     assert_eq!(
-        count("SELECT count(*) FROM postback.customers WHERE id = 'gone'").await,
+        app.count("SELECT count(*) FROM postback.customers WHERE id = 'gone'")
+            .await,
         0
     );
     assert_eq!(
-        count("SELECT count(*) FROM postback.customer_secrets WHERE customer_id = 'gone'").await,
+        app.count("SELECT count(*) FROM postback.customer_secrets WHERE customer_id = 'gone'")
+            .await,
         0
     );
     // Payloads and attempts went with their deliveries: what is left is the
     // other customer's.
-    assert_eq!(count("SELECT count(*) FROM postback.deliveries").await, 1);
     assert_eq!(
-        count("SELECT count(*) FROM postback.payloads").await,
+        app.count("SELECT count(*) FROM postback.deliveries").await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM postback.payloads").await,
         1,
         "payloads of erased deliveries remain"
     );
     assert_eq!(
-        count("SELECT count(*) FROM postback.attempts a LEFT JOIN postback.deliveries d ON d.id = a.delivery_id WHERE d.id IS NULL").await,
+        app.count("SELECT count(*) FROM postback.attempts a LEFT JOIN postback.deliveries d ON d.id = a.delivery_id WHERE d.id IS NULL").await,
         0
     );
     let (status, body) = status_json(app.get("/v1/customers/gone").await).await;

@@ -55,6 +55,14 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The one `bigint` that `sql` (a `SELECT count(*) …`) answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// `serve` with the test settings.
     pub async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await

@@ -181,22 +181,13 @@ async fn a_delivery_deleted_any_way_takes_its_payload_and_attempts() {
         assert_eq!(posted.status(), 200);
     }
     receiver.wait_for(4, Duration::from_secs(10)).await;
-    let rows = |sql: &'static str| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     let children = "SELECT (SELECT count(*) FROM postback.payloads) + (SELECT count(*) FROM postback.attempts)";
     // 4 deliveries, each with a payload and (once delivered) an attempt.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rows(children).await < 8 && Instant::now() < deadline {
+    while app.count(children).await < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(rows(children).await, 8);
+    assert_eq!(app.count(children).await, 8);
     // One delivery of "kept" deleted on its own.
     sqlx::query("DELETE FROM postback.deliveries WHERE id = (SELECT id FROM postback.deliveries WHERE job_id = 'kept' LIMIT 1)")
         .execute(&app.pool)
@@ -207,11 +198,18 @@ async fn a_delivery_deleted_any_way_takes_its_payload_and_attempts() {
         .execute(&app.pool)
         .await
         .unwrap();
-    assert_eq!(rows("SELECT count(*) FROM postback.deliveries").await, 1);
-    assert_eq!(rows(children).await, 2, "children outlived their delivery");
+    assert_eq!(
+        app.count("SELECT count(*) FROM postback.deliveries").await,
+        1
+    );
+    assert_eq!(
+        app.count(children).await,
+        2,
+        "children outlived their delivery"
+    );
     let orphans = "SELECT (SELECT count(*) FROM postback.payloads p WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = p.delivery_id))
                         + (SELECT count(*) FROM postback.attempts a WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = a.delivery_id))";
-    assert_eq!(rows(orphans).await, 0);
+    assert_eq!(app.count(orphans).await, 0);
 }
 
 #[tokio::test]
