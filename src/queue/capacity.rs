@@ -72,11 +72,17 @@ const POINTING_MAX: usize = 10_000;
 
 /// Room for one attempt: a global slot, a slot of its host and one of its
 /// customer, returned when dropped.
+///
+/// Fields drop in declaration order: the customer's and the host's slots go
+/// back before the global one. The global permit is what wakes the claim
+/// loop; returned first, the claim ran while the host and customer still
+/// counted the attempt, found them full, skipped their work and came back
+/// empty (an extra claim per finished attempt at full load).
 #[derive(Debug)]
 pub struct Room {
-    _permit: OwnedSemaphorePermit,
-    _host: HostSlot,
     _customer: Option<HostSlot>,
+    _host: HostSlot,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Capacity {
@@ -219,9 +225,9 @@ impl Capacity {
         let host = self.hosts.try_take(host)?;
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         Some(Room {
-            _permit: permit,
-            _host: host,
             _customer: customer,
+            _host: host,
+            _permit: permit,
         })
     }
 
