@@ -55,6 +55,14 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Runs one statement of the test's own (a fixture change).
+    pub async fn exec(&self, sql: &str) {
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// The one `bigint` that `sql` (a `SELECT count(*) …`) answers.
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)

@@ -166,6 +166,10 @@ async fn replay_by_id_and_bad_usage() {
     app.stop().await;
 }
 
+/// Payloads and attempts whose delivery is gone (must be none).
+const ORPHANS: &str = "SELECT (SELECT count(*) FROM postback.payloads p WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = p.delivery_id))
+                            + (SELECT count(*) FROM postback.attempts a WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = a.delivery_id))";
+
 /// Payloads and attempts carry no foreign key (it cost a check per row on
 /// every insert); a statement trigger removes them with their delivery,
 /// however the delivery goes: deleted itself, or with its job.
@@ -189,15 +193,10 @@ async fn a_delivery_deleted_any_way_takes_its_payload_and_attempts() {
     }
     assert_eq!(app.count(children).await, 8);
     // One delivery of "kept" deleted on its own.
-    sqlx::query("DELETE FROM postback.deliveries WHERE id = (SELECT id FROM postback.deliveries WHERE job_id = 'kept' LIMIT 1)")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.exec("DELETE FROM postback.deliveries WHERE id = (SELECT id FROM postback.deliveries WHERE job_id = 'kept' LIMIT 1)").await;
     // "dropped" deleted as a job: its deliveries go by the jobs' cascade.
-    sqlx::query("DELETE FROM postback.jobs WHERE id = 'dropped'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.exec("DELETE FROM postback.jobs WHERE id = 'dropped'")
+        .await;
     assert_eq!(
         app.count("SELECT count(*) FROM postback.deliveries").await,
         1
@@ -207,9 +206,7 @@ async fn a_delivery_deleted_any_way_takes_its_payload_and_attempts() {
         2,
         "children outlived their delivery"
     );
-    let orphans = "SELECT (SELECT count(*) FROM postback.payloads p WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = p.delivery_id))
-                        + (SELECT count(*) FROM postback.attempts a WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = a.delivery_id))";
-    assert_eq!(app.count(orphans).await, 0);
+    assert_eq!(app.count(ORPHANS).await, 0);
 }
 
 #[tokio::test]
@@ -229,16 +226,9 @@ async fn purge_expired_leaves_no_row_of_an_expired_job() {
     }
     receiver.wait_for(2, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sqlx::query(
-        "UPDATE postback.jobs SET expires_at = now() - interval '1 minute' WHERE id = 'old'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE postback.deliveries SET expires_at = now() - interval '1 minute' WHERE job_id = 'old'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.exec("UPDATE postback.jobs SET expires_at = now() - interval '1 minute' WHERE id = 'old'")
+        .await;
+    app.exec("UPDATE postback.deliveries SET expires_at = now() - interval '1 minute' WHERE job_id = 'old'").await;
     let (code, out, err) = run(postback(&app.database_url).args(["purge", "--expired"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("purged 1 expired jobs"), "{out}");
@@ -251,14 +241,7 @@ async fn purge_expired_leaves_no_row_of_an_expired_job() {
         .unwrap();
         assert_eq!(n, 0, "{table} keeps rows of the expired job");
     }
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM postback.payloads p WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = p.delivery_id))
-              + (SELECT count(*) FROM postback.attempts a WHERE NOT EXISTS (SELECT 1 FROM postback.deliveries d WHERE d.id = a.delivery_id))",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(orphans, 0);
+    assert_eq!(app.count(ORPHANS).await, 0);
     assert_eq!(app.get("/v1/jobs/young").await.status(), 200);
     let gone = app.get("/v1/jobs/old").await;
     assert_eq!(gone.status(), 404);
