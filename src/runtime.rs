@@ -395,10 +395,15 @@ async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow:
     Ok(())
 }
 
-/// Group-commit writers of the API: enough to overlap one batch's commit
-/// with the next one's gathering, few enough to keep batches large.
+/// Group-commit writers of the API: two, so one batch's commit overlaps the
+/// next one's gathering. An idle writer takes the first request that
+/// arrives, so every further writer splits the load into smaller batches,
+/// and PostgreSQL's cost per statement (executor start-up, a lock per
+/// relation and index, the commit) is paid per batch: with 4 writers the
+/// 64-client ingest averaged 7.5 rows per statement, with 2 it is 1.29×
+/// the requests/s at 0.67× the PostgreSQL CPU per request (BENCHMARKS.md).
 #[cfg(feature = "api")]
-const BATCH_WRITERS: usize = 4;
+const BATCH_WRITERS: usize = 2;
 
 /// How often `serve` purges expired rows, and how many per statement.
 pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

@@ -26,6 +26,7 @@ use crate::queue::claim::Completion;
 use crate::queue::Waker;
 use crate::state::{DeliveryKind, DeliveryState};
 use crate::store::destinations::{self, OriginOutcomes, Transition};
+use crate::store::held::Held;
 use crate::store::Schema;
 use crate::throttle::{Throttle, BACKGROUND_EVERY};
 
@@ -99,6 +100,7 @@ impl Breakers {
     pub async fn after_flush(
         &self,
         pool: &PgPool,
+        conn: &mut Held,
         schema: &Schema,
         batch: &[Completion],
         waker: &Waker,
@@ -106,7 +108,7 @@ impl Breakers {
         if batch.is_empty() {
             return;
         }
-        if self.threshold > 0 && self.record(pool, schema, batch).await {
+        if self.threshold > 0 && self.record(pool, conn, schema, batch).await {
             waker.wake();
             if let Ok(mut conn) = pool.acquire().await {
                 let _ = crate::queue::notify_workers(&mut conn).await;
@@ -123,26 +125,33 @@ impl Breakers {
     }
 
     /// Records a written batch; returns true when a breaker closed (its
-    /// deliveries are due now: wake the claim loop).
-    pub async fn record(&self, pool: &PgPool, schema: &Schema, batch: &[Completion]) -> bool {
+    /// deliveries are due now: wake the claim loop). The count runs on the
+    /// completer's connection (`conn`), kept between flushes.
+    pub async fn record(
+        &self,
+        pool: &PgPool,
+        conn: &mut Held,
+        schema: &Schema,
+        batch: &[Completion],
+    ) -> bool {
         let outcomes = per_origin(batch);
         if outcomes.is_empty() {
             return false;
         }
-        let recorded = async {
-            let mut conn = pool.acquire().await?;
-            destinations::record(
-                &mut conn,
-                schema,
-                &outcomes,
-                self.threshold,
-                self.cooldown,
-                self.max_cooldown,
-                self.give_up,
-            )
-            .await
-        }
-        .await;
+        let recorded = conn
+            .run(async |conn| {
+                destinations::record(
+                    conn,
+                    schema,
+                    &outcomes,
+                    self.threshold,
+                    self.cooldown,
+                    self.max_cooldown,
+                    self.give_up,
+                )
+                .await
+            })
+            .await;
         let transitions = match recorded {
             Ok(t) => t,
             Err(err) => {

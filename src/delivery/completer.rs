@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::queue::claim::{self, Completion};
 use crate::queue::Waker;
 use crate::state::DeliveryState;
+use crate::store::held::Held;
 use crate::store::Schema;
 
 /// Most outcomes one flush writes.
@@ -38,6 +39,8 @@ pub async fn run(
     // written held (it waits for the probe, at most until its horizon).
     let hold = (breakers.threshold > 0).then_some(breakers.give_up);
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
+    // The completer's own connection, kept between flushes (`Held`).
+    let mut conn = Held::new(pool.clone());
     loop {
         tokio::select! {
             received = rx.recv_many(&mut batch, FLUSH_BATCH) => {
@@ -51,18 +54,20 @@ pub async fn run(
                 while let Ok(c) = rx.try_recv() {
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
-                        flush(&pool, &schema, retain, hold, &batch).await;
-                        breakers.after_flush(&pool, &schema, &batch, &waker).await;
+                        flush(&mut conn, &schema, retain, hold, &batch).await;
+                        breakers.after_flush(&pool, &mut conn, &schema, &batch, &waker).await;
                         batch.clear();
                     }
                 }
-                flush(&pool, &schema, retain, hold, &batch).await;
-                breakers.after_flush(&pool, &schema, &batch, &waker).await;
+                flush(&mut conn, &schema, retain, hold, &batch).await;
+                breakers.after_flush(&pool, &mut conn, &schema, &batch, &waker).await;
                 return;
             }
         }
-        flush(&pool, &schema, retain, hold, &batch).await;
-        breakers.after_flush(&pool, &schema, &batch, &waker).await;
+        flush(&mut conn, &schema, retain, hold, &batch).await;
+        breakers
+            .after_flush(&pool, &mut conn, &schema, &batch, &waker)
+            .await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
         // claim (and an idle query) per flush for nothing under load.
@@ -102,7 +107,7 @@ const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// retries of an open origin are held for at most `hold` from their cycle's
 /// start (see [`claim::complete`]).
 async fn flush(
-    pool: &PgPool,
+    conn: &mut Held,
     schema: &Schema,
     retain: Duration,
     hold: Option<Duration>,
@@ -111,7 +116,10 @@ async fn flush(
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
-        match claim::complete(pool, schema, batch, retain, hold).await {
+        let written = conn
+            .run(async |c| claim::complete(c, schema, batch, retain, hold).await)
+            .await;
+        match written {
             Ok(written) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(
@@ -126,7 +134,7 @@ async fn flush(
                 // others: write them one by one.
                 tracing::warn!(error = %err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
-                    Box::pin(flush(pool, schema, retain, hold, std::slice::from_ref(one))).await;
+                    Box::pin(flush(conn, schema, retain, hold, std::slice::from_ref(one))).await;
                 }
                 return;
             }

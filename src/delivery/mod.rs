@@ -40,6 +40,7 @@ use crate::queue::{handoff, wake, Capacity, DbClock, Handoff, Room, Waker};
 use crate::schedule::{next_attempt_after, Next, RetryPolicy};
 use crate::signing::SigningSecret;
 use crate::state::{Completed, DeliveryState};
+use crate::store::held::Held;
 use crate::store::Schema;
 
 /// Longest sleep of an idle claim loop (a safety net under LISTEN/NOTIFY).
@@ -349,6 +350,7 @@ impl Dispatcher {
         ));
         let consumer = tokio::spawn(take_handoffs(handed_off, engine.clone()));
         let mut claims = ClaimLoop {
+            conn: Held::new(pool.clone()),
             pool,
             schema,
             engine,
@@ -405,6 +407,9 @@ fn claim_backoff() -> backon::ExponentialBackoff {
 /// The claim loop of one dispatcher.
 struct ClaimLoop {
     pool: PgPool,
+    /// The loop's own connection for its claims and idle checks, kept
+    /// between them (`Held`).
+    conn: Held,
     schema: Schema,
     engine: Engine,
     lease: Duration,
@@ -463,15 +468,14 @@ impl ClaimLoop {
     }
 
     async fn claim(&mut self, free: usize, room: &claim::ClaimRoom) -> Result<Vec<Claimed>> {
-        let claimed = claim::claim(
-            &self.pool,
-            &self.schema,
-            free as i64,
-            self.lease.as_secs_f64(),
-            room,
-            i64::try_from(self.engine.capacity.inline_max()).unwrap_or(i64::MAX),
-        )
-        .await?;
+        let inline_max = i64::try_from(self.engine.capacity.inline_max()).unwrap_or(i64::MAX);
+        let (schema, lease_secs) = (&self.schema, self.lease.as_secs_f64());
+        let claimed = self
+            .conn
+            .run(async |conn| {
+                claim::claim(conn, schema, free as i64, lease_secs, room, inline_max).await
+            })
+            .await?;
         crate::metrics::database_reached(true);
         if let Some(first) = claimed.first() {
             self.engine.clock.observe(first.claimed_at);
@@ -528,10 +532,15 @@ impl ClaimLoop {
     }
 
     /// Sleeps until woken, until the earliest due time, or [`IDLE_POLL`].
-    async fn idle(&self, shutdown: &CancellationToken) {
+    async fn idle(&mut self, shutdown: &CancellationToken) {
         let full = self.engine.capacity.full_hosts();
         // Measured on the database's clock, which decides when it is due.
-        let wait = match claim::next_due(&self.pool, &self.schema, &full).await {
+        let schema = &self.schema;
+        let next = self
+            .conn
+            .run(async |conn| claim::next_due(conn, schema, &full).await)
+            .await;
+        let wait = match next {
             Ok((next, db_now)) => {
                 self.engine.clock.observe(db_now);
                 next.map_or(IDLE_POLL, |at| {

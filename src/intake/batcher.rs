@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::store::deliveries::{insert_leased, NewDelivery};
+use crate::store::held::Held;
 use crate::store::Schema;
 
 /// Most deliveries one writer stores in one statement.
@@ -83,6 +84,8 @@ impl Batcher {
 
 async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receiver<Item>>>) {
     let mut items = Vec::with_capacity(MAX_BATCH);
+    // The writer's own connection, kept between batches (`Held`).
+    let mut conn = Held::new(pool);
     loop {
         {
             // One writer gathers at a time; the others write meanwhile.
@@ -93,7 +96,7 @@ async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receive
         }
         while !items.is_empty() {
             let take = chunk_len(&items);
-            write(&pool, &schema, items.drain(..take)).await;
+            write(&mut conn, &schema, items.drain(..take)).await;
         }
     }
 }
@@ -112,14 +115,14 @@ fn chunk_len(items: &[Item]) -> usize {
 }
 
 /// Stores one chunk in one statement and answers each request.
-async fn write(pool: &PgPool, schema: &Schema, chunk: impl Iterator<Item = Item>) {
+async fn write(conn: &mut Held, schema: &Schema, chunk: impl Iterator<Item = Item>) {
     let (mut rows, mut leases, mut dones) = (Vec::new(), Vec::new(), Vec::new());
     for Item { row, lease, done } in chunk {
         rows.push(row);
         leases.push(lease);
         dones.push(done);
     }
-    match store(pool, schema, &rows, &leases).await {
+    match store(conn, schema, &rows, &leases).await {
         Ok(held) => {
             for (row, done) in rows.into_iter().zip(dones) {
                 let was_held = held.contains(&row.id);
@@ -130,7 +133,7 @@ async fn write(pool: &PgPool, schema: &Schema, chunk: impl Iterator<Item = Item>
         // request gets its own answer and one bad row fails alone.
         Err(_) => {
             for ((row, lease), done) in rows.into_iter().zip(leases).zip(dones) {
-                let one = store(pool, schema, std::slice::from_ref(&row), &[lease]).await;
+                let one = store(conn, schema, std::slice::from_ref(&row), &[lease]).await;
                 let _ = done.send(one.map(|held| {
                     let was_held = held.contains(&row.id);
                     (row, was_held)
@@ -140,12 +143,14 @@ async fn write(pool: &PgPool, schema: &Schema, chunk: impl Iterator<Item = Item>
     }
 }
 
+/// Stores `rows` in one statement on the writer's connection; a failed
+/// statement gives the connection back (`Held::settle`).
 async fn store(
-    pool: &PgPool,
+    conn: &mut Held,
     schema: &Schema,
     rows: &[NewDelivery],
     leases: &[Option<(Uuid, Duration)>],
 ) -> Result<Vec<Uuid>> {
-    let mut conn = pool.acquire().await?;
-    insert_leased(&mut conn, schema, rows, leases).await
+    conn.run(async |c| insert_leased(c, schema, rows, leases).await)
+        .await
 }

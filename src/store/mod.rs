@@ -13,6 +13,7 @@ pub mod customers;
 pub mod deliveries;
 pub mod destinations;
 pub mod find;
+pub mod held;
 pub mod jobs;
 pub mod settings;
 

@@ -666,3 +666,53 @@ async fn a_claim_leaves_large_bodies_in_the_database_until_the_attempt_starts() 
     }
     app.stop().await;
 }
+
+/// The server process id of `held`'s connection.
+async fn backend_pid(held: &mut postback::store::held::Held) -> postback::Result<i32> {
+    held.run(async |c| {
+        Ok(sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(c)
+            .await?)
+    })
+    .await
+}
+
+/// The group-commit writers, the completer and the claim loop keep one
+/// connection between statements (`store::held::Held`). One whose server
+/// process died costs the one statement that finds out, never the next:
+/// the connection is given back and a fresh one taken. An error of the
+/// caller's own after a good statement keeps the connection.
+#[tokio::test]
+async fn a_held_connection_whose_server_process_died_is_replaced_after_one_failure() {
+    let app = TestApp::spawn().await;
+    let mut held = postback::store::held::Held::new(app.pool.clone());
+    let first = backend_pid(&mut held)
+        .await
+        .expect("a fresh connection answers");
+
+    let own_error = held
+        .run(async |c| {
+            sqlx::query("SELECT 1").execute(c).await?;
+            Err::<(), _>(postback::Error::invalid(
+                postback::ErrorCode::InvalidField,
+                "field",
+                "the caller's own error",
+            ))
+        })
+        .await;
+    assert!(own_error.is_err());
+    let same = backend_pid(&mut held).await.expect("still answers");
+    assert_eq!(same, first, "kept after the caller's own error");
+
+    app.exec(&format!("SELECT pg_terminate_backend({first})"))
+        .await;
+    assert!(
+        backend_pid(&mut held).await.is_err(),
+        "the dead connection's statement fails"
+    );
+    let replaced = backend_pid(&mut held)
+        .await
+        .expect("the next statement runs on a fresh connection");
+    assert_ne!(replaced, first);
+    app.stop().await;
+}
