@@ -85,7 +85,7 @@ impl Batcher {
 async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receiver<Item>>>) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     // The writer's own connection, kept between batches (`Held`).
-    let mut conn = Held::new(pool);
+    let mut conn = Held::with_generic_plans(pool);
     loop {
         {
             // One writer gathers at a time; the others write meanwhile.
@@ -144,7 +144,7 @@ async fn write(conn: &mut Held, schema: &Schema, chunk: impl Iterator<Item = Ite
 }
 
 /// Stores `rows` in one statement on the writer's connection; a failed
-/// statement gives the connection back (`Held::settle`).
+/// statement closes the connection (`Held::run`).
 async fn store(
     conn: &mut Held,
     schema: &Schema,

@@ -716,3 +716,44 @@ async fn a_held_connection_whose_server_process_died_is_replaced_after_one_failu
     assert_ne!(replaced, first);
     app.stop().await;
 }
+
+/// The writers' and the completer's connections plan generically; the
+/// pool's (the claim's, the API's) keep PostgreSQL's default, whose custom
+/// plans the claim needs on a deep queue. A held connection is out of the
+/// pool, so its setting cannot leak into it, even after it is replaced.
+#[tokio::test]
+async fn generic_plans_stay_on_the_connections_that_asked_for_them() {
+    use postback::store::held::Held;
+    async fn mode(held: &mut Held) -> String {
+        held.run(async |c| {
+            Ok(
+                sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+                    .fetch_one(c)
+                    .await?,
+            )
+        })
+        .await
+        .expect("the held connection answers")
+    }
+    let app = TestApp::spawn().await;
+    let mut generic = Held::with_generic_plans(app.pool.clone());
+    assert_eq!(mode(&mut generic).await, "force_generic_plan");
+    let failed = generic
+        .run(async |c| Ok(sqlx::query("SELECT 1/0").execute(c).await?))
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        mode(&mut generic).await,
+        "force_generic_plan",
+        "a replacement too"
+    );
+    assert_eq!(mode(&mut Held::new(app.pool.clone())).await, "auto");
+    for _ in 0..4 {
+        let pooled: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+            .fetch_one(&app.pool)
+            .await
+            .expect("the pool answers");
+        assert_eq!(pooled, "auto");
+    }
+    app.stop().await;
+}
