@@ -200,7 +200,8 @@ impl Process {
         let schema = config.db_schema.clone();
         let database_url = config.database_url.clone().unwrap_or_default();
         log_security_warnings(&config, role == Role::Serve);
-        let pool = store::connect(&database_url, &schema, pool_size(config.concurrency)).await?;
+        let pooled = pool_size(config.concurrency) - HELD_CONNECTIONS;
+        let pool = store::connect(&database_url, &schema, pooled).await?;
         store::migrate(&pool, &schema).await?;
         // Before the workers are built, so their metrics have a recorder.
         let metrics = crate::metrics::install();
@@ -384,10 +385,17 @@ pub fn log_security_warnings(config: &Config, api: bool) {
 /// concurrent requests and the workers' claim, completion, LISTEN and gauge
 /// connections. The deploy files state this formula (tests/deploy.rs
 /// checks them against this function).
+///
+/// Of these, `HELD_CONNECTIONS` (4) are the hot loops' own (`store::held`),
+/// taken out of the pool for good; the pool gets the rest.
 pub fn pool_size(concurrency: usize) -> u32 {
     // At most 64, so the cast cannot truncate.
     (concurrency / 4).clamp(16, 64) as u32
 }
+
+/// Connections the hot loops keep out of the pool (`store::held::Held`):
+/// the claim loop, the completer and the API's group-commit writers.
+const HELD_CONNECTIONS: u32 = 2 + BATCH_WRITERS as u32;
 
 /// Adapts a component that cannot fail to the JoinSet's result type.
 async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
@@ -402,7 +410,6 @@ async fn infallible(component: impl std::future::Future<Output = ()>) -> anyhow:
 /// relation and index, the commit) is paid per batch: with 4 writers the
 /// 64-client ingest averaged 7.5 rows per statement, with 2 it is 1.29×
 /// the requests/s at 0.67× the PostgreSQL CPU per request (BENCHMARKS.md).
-#[cfg(feature = "api")]
 const BATCH_WRITERS: usize = 2;
 
 /// How often `serve` purges expired rows, and how many per statement.

@@ -19,6 +19,7 @@ pub const E2E_CPU_PG: &str = "end to end: PostgreSQL CPU µs per delivery (top s
 pub const LIGHT_P50: &str = "light 100/s: send→received p50";
 pub const LIGHT_P99: &str = "light 100/s: send→received p99";
 pub const LIGHT_CPU_POSTBACK: &str = "light 100/s: postback CPU µs per delivery";
+pub const LIGHT_CPU_PG: &str = "light 100/s: PostgreSQL CPU µs per delivery";
 pub const REPLAY_RATE: &str = "replay: failed deliveries replayed/s (postback replay)";
 /// Scale-out figures, one set per worker count the scenario can record:
 /// (workers, [deliveries/s, postback CPU µs per delivery of all workers

@@ -889,6 +889,7 @@ pub async fn light(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     report.figure(f::LIGHT_P50, millis(s.latency.p50), "ms", Better::Lower);
     report.figure(f::LIGHT_P99, millis(s.latency.p99), "ms", Better::Lower);
     report.figure(f::LIGHT_CPU_POSTBACK, s.cpu_us.0, "µs", Better::Lower);
+    report.figure(f::LIGHT_CPU_PG, s.cpu_us.1, "µs", Better::Lower);
     let mem = serve.stop(STOP_GRACE).await?;
     record_serve_peak(report, "light load", mem);
     rx.stop().await;

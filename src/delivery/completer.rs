@@ -40,7 +40,7 @@ pub async fn run(
     let hold = (breakers.threshold > 0).then_some(breakers.give_up);
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
     // The completer's own connection, kept between flushes (`Held`).
-    let mut conn = Held::with_generic_plans(pool.clone());
+    let mut conn = Held::new(pool.clone());
     loop {
         tokio::select! {
             received = rx.recv_many(&mut batch, FLUSH_BATCH) => {

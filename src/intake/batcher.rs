@@ -85,7 +85,7 @@ impl Batcher {
 async fn write_batches(pool: PgPool, schema: Schema, rx: Arc<Mutex<mpsc::Receiver<Item>>>) {
     let mut items = Vec::with_capacity(MAX_BATCH);
     // The writer's own connection, kept between batches (`Held`).
-    let mut conn = Held::with_generic_plans(pool);
+    let mut conn = Held::new(pool);
     loop {
         {
             // One writer gathers at a time; the others write meanwhile.

@@ -8,10 +8,9 @@
 //! statement. [`Held`] takes a connection out of the pool (detached: the
 //! pool may open another in its place) and keeps it across statements,
 //! closing it after a database error, when its state is unknown; the next
-//! statement opens a fresh one.
-//!
-//! Because the connection is its own, it may carry settings the pool's must
-//! not: [`Held::with_generic_plans`] (see there).
+//! statement opens a fresh one. Being out of the pool, the connection
+//! counts against the process's connection budget on its own
+//! (`runtime::pool_size`).
 //!
 //! It owns no SQL and no policy: callers run their own statements through
 //! [`Held::run`].
@@ -31,44 +30,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Held {
     pool: PgPool,
     conn: Option<PgConnection>,
-    generic_plans: bool,
 }
 
 impl Held {
     /// Nothing is opened until the first statement.
     pub fn new(pool: PgPool) -> Self {
-        Held {
-            pool,
-            conn: None,
-            generic_plans: false,
-        }
-    }
-
-    /// Like [`Held::new`], for a loop whose statements plan best once.
-    ///
-    /// PostgreSQL re-plans a prepared statement at every execution when its
-    /// custom plan looks cheaper than the generic one, which it always does
-    /// for `unnest($1)` of a known array: the completion statement spent
-    /// 0.66 ms planning per call against 0.18 ms executing at light load.
-    /// A generic plan is as good for the batch insert and the completion
-    /// (rows come from arrays and are found by primary key), but far worse
-    /// for the claim on a deep queue, so it is set per connection, never on
-    /// the pool's.
-    ///
-    /// These connections also plan without sequential scans. A generic plan
-    /// is made once, from the table's size at that moment, and kept until
-    /// the table's statistics change: made on a young table of a thousand
-    /// rows it read the whole of `deliveries` for every completion (found
-    /// with `auto_explain`), which on a table growing by a million rows
-    /// before its next ANALYZE would have been a full scan per batch. Every
-    /// statement these loops run finds its rows by an index (primary keys,
-    /// `origin`), so an index plan is right at any size.
-    pub fn with_generic_plans(pool: PgPool) -> Self {
-        Held {
-            pool,
-            conn: None,
-            generic_plans: true,
-        }
+        Held { pool, conn: None }
     }
 
     /// Runs `statement` on the held connection (opening one if none is
@@ -103,16 +70,7 @@ impl Held {
     }
 
     async fn open(&self) -> Result<PgConnection> {
-        let mut conn = self.pool.acquire().await?.detach();
-        if self.generic_plans {
-            sqlx::query("SET plan_cache_mode = force_generic_plan")
-                .execute(&mut conn)
-                .await?;
-            sqlx::query("SET enable_seqscan = off")
-                .execute(&mut conn)
-                .await?;
-        }
-        Ok(conn)
+        Ok(self.pool.acquire().await?.detach())
     }
 
     /// Closes the connection in the background (it may be broken or in the
