@@ -53,6 +53,15 @@ pub struct Breakers {
     pub events: Option<Events>,
 }
 
+/// The origins `batch` succeeded on, as [`per_origin`] counts them.
+pub fn succeeded_origins(batch: &[Completion]) -> Vec<String> {
+    per_origin(batch)
+        .into_iter()
+        .filter(|o| o.succeeded)
+        .map(|o| o.origin)
+        .collect()
+}
+
 /// Per origin, what a batch of outcomes says, in batch order: whether a
 /// success came, and the failures after the last success.
 pub fn per_origin(batch: &[Completion]) -> Vec<OriginOutcomes> {
@@ -103,12 +112,13 @@ impl Breakers {
         conn: &mut Held,
         schema: &Schema,
         batch: &[Completion],
+        marked: Option<Vec<String>>,
         waker: &Waker,
     ) {
         if batch.is_empty() {
             return;
         }
-        if self.threshold > 0 && self.record(pool, conn, schema, batch).await {
+        if self.threshold > 0 && self.record(pool, conn, schema, batch, marked).await {
             waker.wake();
             if let Ok(mut conn) = pool.acquire().await {
                 let _ = crate::queue::notify_workers(&mut conn).await;
@@ -126,13 +136,16 @@ impl Breakers {
 
     /// Records a written batch; returns true when a breaker closed (its
     /// deliveries are due now: wake the claim loop). The count runs on the
-    /// completer's connection (`conn`), kept between flushes.
+    /// completer's connection (`conn`), kept between flushes; `marked` is
+    /// what the completion statement read of the succeeded origins'
+    /// breakers (see `destinations::record_marked`).
     pub async fn record(
         &self,
         pool: &PgPool,
         conn: &mut Held,
         schema: &Schema,
         batch: &[Completion],
+        marked: Option<Vec<String>>,
     ) -> bool {
         let outcomes = per_origin(batch);
         if outcomes.is_empty() {
@@ -140,16 +153,13 @@ impl Breakers {
         }
         let recorded = conn
             .run(async |conn| {
-                destinations::record(
-                    conn,
-                    schema,
-                    &outcomes,
+                let limits = (
                     self.threshold,
                     self.cooldown,
                     self.max_cooldown,
                     self.give_up,
-                )
-                .await
+                );
+                destinations::record_marked(conn, schema, &outcomes, marked, limits).await
             })
             .await;
         let transitions = match recorded {

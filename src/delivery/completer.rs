@@ -38,9 +38,17 @@ pub async fn run(
     // With breakers on, a retry of an origin whose breaker is open is
     // written held (it waits for the probe, at most until its horizon).
     let hold = (breakers.threshold > 0).then_some(breakers.give_up);
+    let mut writer = Writer {
+        // The completer's own connection, kept between flushes (`Held`).
+        conn: Held::new(pool.clone()),
+        pool,
+        schema,
+        retain,
+        hold,
+        breakers,
+        waker,
+    };
     let mut batch = Vec::with_capacity(FLUSH_BATCH);
-    // The completer's own connection, kept between flushes (`Held`).
-    let mut conn = Held::new(pool.clone());
     loop {
         tokio::select! {
             received = rx.recv_many(&mut batch, FLUSH_BATCH) => {
@@ -54,27 +62,66 @@ pub async fn run(
                 while let Ok(c) = rx.try_recv() {
                     batch.push(c);
                     if batch.len() == FLUSH_BATCH {
-                        flush(&mut conn, &schema, retain, hold, &batch).await;
-                        breakers.after_flush(&pool, &mut conn, &schema, &batch, &waker).await;
+                        writer.write(&batch).await;
                         batch.clear();
                     }
                 }
-                flush(&mut conn, &schema, retain, hold, &batch).await;
-                breakers.after_flush(&pool, &mut conn, &schema, &batch, &waker).await;
+                writer.write(&batch).await;
                 return;
             }
         }
-        flush(&mut conn, &schema, retain, hold, &batch).await;
-        breakers
-            .after_flush(&pool, &mut conn, &schema, &batch, &waker)
-            .await;
+        writer.write(&batch).await;
         // An immediate retry is due the moment it is written: wake the claim
         // loop for it. Otherwise stay quiet: a wake-up per flush would cost a
         // claim (and an idle query) per flush for nothing under load.
         if batch.iter().any(is_due_now) {
-            waker.wake();
+            writer.waker.wake();
         }
         batch.clear();
+    }
+}
+
+/// What writes the outcomes and counts them for the breakers.
+struct Writer {
+    conn: Held,
+    pool: PgPool,
+    schema: Schema,
+    retain: Duration,
+    hold: Option<Duration>,
+    breakers: std::sync::Arc<super::breakers::Breakers>,
+    waker: Waker,
+}
+
+impl Writer {
+    /// Writes `batch`, then lets the breakers count it. The completion
+    /// statement also reads the succeeded origins' breakers, so the count
+    /// needs no read of its own (`claim::complete_marking`).
+    async fn write(&mut self, batch: &[Completion]) {
+        let succeeded = if self.breakers.threshold > 0 {
+            super::breakers::succeeded_origins(batch)
+        } else {
+            Vec::new()
+        };
+        let origins: Vec<&str> = succeeded.iter().map(String::as_str).collect();
+        let marked = flush(
+            &mut self.conn,
+            &self.schema,
+            self.retain,
+            self.hold,
+            batch,
+            &origins,
+        )
+        .await;
+        self.breakers
+            .after_flush(
+                &self.pool,
+                &mut self.conn,
+                &self.schema,
+                batch,
+                marked,
+                &self.waker,
+            )
+            .await;
     }
 }
 
@@ -106,41 +153,47 @@ const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Writes `batch`; final deliveries are kept for `retain` (the TTL);
 /// retries of an open origin are held for at most `hold` from their cycle's
 /// start (see [`claim::complete`]).
+///
+/// Returns which of `origins` have a breaker with something to reset, as
+/// the completion statement read them, or `None` when the batch was not
+/// written in one statement (the breakers then read it themselves).
 async fn flush(
     conn: &mut Held,
     schema: &Schema,
     retain: Duration,
     hold: Option<Duration>,
     batch: &[Completion],
-) {
+    origins: &[&str],
+) -> Option<Vec<String>> {
     let mut backoff = Duration::from_millis(50);
     let give_up = tokio::time::Instant::now() + FLUSH_GIVE_UP;
     while tokio::time::Instant::now() < give_up {
         let written = conn
-            .run(async |c| claim::complete(c, schema, batch, retain, hold).await)
+            .run(async |c| claim::complete_marking(c, schema, batch, retain, hold, origins).await)
             .await;
         match written {
-            Ok(written) => {
+            Ok((written, marked)) => {
                 if (written as usize) < batch.len() {
                     tracing::warn!(
                         lost_lease = batch.len() - written as usize,
                         "some outcomes arrived after their lease expired; those deliveries were re-claimed"
                     );
                 }
-                return;
+                return Some(marked);
             }
             Err(err) if !is_outage(&err) && batch.len() > 1 => {
                 // One outcome the database refuses must not hold back the
                 // others: write them one by one.
                 tracing::warn!(error = %err, n = batch.len(), "batch of outcomes refused; writing them one by one");
                 for one in batch {
-                    Box::pin(flush(conn, schema, retain, hold, std::slice::from_ref(one))).await;
+                    let one = std::slice::from_ref(one);
+                    Box::pin(flush(conn, schema, retain, hold, one, &[])).await;
                 }
-                return;
+                return None;
             }
             Err(err) if !is_outage(&err) => {
                 tracing::error!(error = %err, delivery_id = batch.first().map(|c| tracing::field::display(c.id)), "outcome refused by the database; the delivery will be attempted again when its lease expires");
-                return;
+                return None;
             }
             Err(err) => {
                 tracing::warn!(error = %err, backoff_ms = backoff.as_millis() as u64, n = batch.len(), "could not write outcomes; retrying");
@@ -150,4 +203,5 @@ async fn flush(
         }
     }
     tracing::error!(n = batch.len(), "gave up writing outcomes; these deliveries will be attempted again when their lease expires");
+    None
 }

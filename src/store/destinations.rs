@@ -93,13 +93,27 @@ pub async fn record(
     max_cooldown: Duration,
     give_up: Duration,
 ) -> Result<Vec<Transition>> {
+    let limits = (threshold, cooldown, max_cooldown, give_up);
+    record_marked(conn, schema, outcomes, None, limits).await
+}
+
+/// [`record`], given `marked`: which of the succeeded origins have a
+/// breaker with something to reset, when the completion statement already
+/// read it (`claim::complete_marking`); `None` reads it here.
+pub async fn record_marked(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    outcomes: &[OriginOutcomes],
+    marked: Option<Vec<String>>,
+    (threshold, cooldown, max_cooldown, give_up): (u32, Duration, Duration, Duration),
+) -> Result<Vec<Transition>> {
     let mut transitions = Vec::new();
     let succeeded: Vec<&str> = outcomes
         .iter()
         .filter(|o| o.succeeded)
         .map(|o| o.origin.as_str())
         .collect();
-    for origin in close(&mut *conn, schema, &succeeded).await? {
+    for origin in close(&mut *conn, schema, &succeeded, marked).await? {
         transitions.push(Transition::Closed { origin });
     }
     let failing: Vec<&OriginOutcomes> = outcomes
@@ -200,17 +214,27 @@ pub async fn record(
 /// origins whose breaker was open. The hot path (origins that never failed)
 /// is one read without locks; only an origin with something to reset takes
 /// a transaction, so the release sees every hold committed before it.
-async fn close(conn: &mut PgConnection, schema: &Schema, origins: &[&str]) -> Result<Vec<String>> {
+async fn close(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    origins: &[&str],
+    marked: Option<Vec<String>>,
+) -> Result<Vec<String>> {
     if origins.is_empty() {
         return Ok(Vec::new());
     }
-    let marked: Vec<String> = sqlx::query_scalar(&schema.sql(
-        "SELECT origin FROM postback.destinations
-         WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')",
-    ))
-    .bind(origins)
-    .fetch_all(&mut *conn)
-    .await?;
+    let marked: Vec<String> = match marked {
+        Some(marked) => marked,
+        None => {
+            sqlx::query_scalar(&schema.sql(
+                "SELECT origin FROM postback.destinations
+                 WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')",
+            ))
+            .bind(origins)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
     if marked.is_empty() {
         return Ok(Vec::new());
     }
