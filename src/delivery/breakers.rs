@@ -53,13 +53,16 @@ pub struct Breakers {
     pub events: Option<Events>,
 }
 
-/// The origins `batch` succeeded on, as [`per_origin`] counts them.
-pub fn succeeded_origins(batch: &[Completion]) -> Vec<String> {
-    per_origin(batch)
-        .into_iter()
-        .filter(|o| o.succeeded)
-        .map(|o| o.origin)
-        .collect()
+/// A batch the completer wrote, as the breakers count it.
+#[derive(Debug)]
+pub struct Flushed<'a> {
+    /// The outcomes, in the order they arrived.
+    pub batch: &'a [Completion],
+    /// Per origin, what they say ([`Breakers::outcomes`]).
+    pub outcomes: Vec<OriginOutcomes>,
+    /// Which succeeded origins have a breaker to reset, as the completion
+    /// statement read them; `None` when it did not (the count reads it).
+    pub marked: Option<Vec<String>>,
 }
 
 /// Per origin, what a batch of outcomes says, in batch order: whether a
@@ -111,14 +114,18 @@ impl Breakers {
         pool: &PgPool,
         conn: &mut Held,
         schema: &Schema,
-        batch: &[Completion],
-        marked: Option<Vec<String>>,
+        flushed: Flushed<'_>,
         waker: &Waker,
     ) {
+        let Flushed {
+            batch,
+            outcomes,
+            marked,
+        } = flushed;
         if batch.is_empty() {
             return;
         }
-        if self.threshold > 0 && self.record(pool, conn, schema, batch, marked).await {
+        if self.threshold > 0 && self.record(pool, conn, schema, &outcomes, marked).await {
             waker.wake();
             if let Ok(mut conn) = pool.acquire().await {
                 let _ = crate::queue::notify_workers(&mut conn).await;
@@ -134,20 +141,31 @@ impl Breakers {
         }
     }
 
-    /// Records a written batch; returns true when a breaker closed (its
-    /// deliveries are due now: wake the claim loop). The count runs on the
-    /// completer's connection (`conn`), kept between flushes; `marked` is
-    /// what the completion statement read of the succeeded origins'
-    /// breakers (see `destinations::record_marked`).
+    /// Per origin, what `batch` says ([`per_origin`]); nothing when the
+    /// breakers are off. Computed once per flush: the completer reads the
+    /// succeeded origins' breakers with it, and [`Breakers::record`]
+    /// counts it.
+    pub fn outcomes(&self, batch: &[Completion]) -> Vec<OriginOutcomes> {
+        if self.threshold > 0 {
+            per_origin(batch)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Records a written batch's `outcomes`; returns true when a breaker
+    /// closed (its deliveries are due now: wake the claim loop). The count
+    /// runs on the completer's connection (`conn`), kept between flushes;
+    /// `marked` is what the completion statement read of the succeeded
+    /// origins' breakers (see `destinations::record_marked`).
     pub async fn record(
         &self,
         pool: &PgPool,
         conn: &mut Held,
         schema: &Schema,
-        batch: &[Completion],
+        outcomes: &[OriginOutcomes],
         marked: Option<Vec<String>>,
     ) -> bool {
-        let outcomes = per_origin(batch);
         if outcomes.is_empty() {
             return false;
         }
@@ -159,7 +177,7 @@ impl Breakers {
                     self.max_cooldown,
                     self.give_up,
                 );
-                destinations::record_marked(conn, schema, &outcomes, marked, limits).await
+                destinations::record_marked(conn, schema, outcomes, marked, limits).await
             })
             .await;
         let transitions = match recorded {

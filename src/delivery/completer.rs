@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::breakers::Flushed;
 use crate::error::Error;
 use crate::queue::claim::{self, Completion};
 use crate::queue::Waker;
@@ -97,12 +98,12 @@ impl Writer {
     /// statement also reads the succeeded origins' breakers, so the count
     /// needs no read of its own (`claim::complete_marking`).
     async fn write(&mut self, batch: &[Completion]) {
-        let succeeded = if self.breakers.threshold > 0 {
-            super::breakers::succeeded_origins(batch)
-        } else {
-            Vec::new()
-        };
-        let origins: Vec<&str> = succeeded.iter().map(String::as_str).collect();
+        let outcomes = self.breakers.outcomes(batch);
+        let origins: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o.succeeded)
+            .map(|o| o.origin.as_str())
+            .collect();
         let marked = flush(
             &mut self.conn,
             &self.schema,
@@ -112,13 +113,17 @@ impl Writer {
             &origins,
         )
         .await;
+        let flushed = Flushed {
+            batch,
+            outcomes,
+            marked,
+        };
         self.breakers
             .after_flush(
                 &self.pool,
                 &mut self.conn,
                 &self.schema,
-                batch,
-                marked,
+                flushed,
                 &self.waker,
             )
             .await;
