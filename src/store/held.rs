@@ -12,6 +12,15 @@
 //! counts against the process's connection budget on its own
 //! (`runtime::pool_size`).
 //!
+//! Held connections plan without sequential scans ([`SETUP`]). PostgreSQL
+//! caches a generic plan for a prepared statement once it costs no more
+//! than the custom ones, and keeps it until the table's statistics change.
+//! Made while `deliveries` was young (a few hundred rows), the completion's
+//! plan read the whole table for every flush (`auto_explain`), a cost that
+//! grows with every row until the next ANALYZE. Every statement of these
+//! loops finds its rows by a key or an index (ids from arrays, the due
+//! index, origins), so an index plan is right at any table size.
+//!
 //! It owns no SQL and no policy: callers run their own statements through
 //! [`Held::run`].
 
@@ -23,6 +32,9 @@ use crate::error::{Error, Result};
 
 /// How long closing a discarded connection may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run on each connection a [`Held`] opens (see the module's doc).
+pub const SETUP: &str = "SET enable_seqscan = off";
 
 /// A connection of the pool's settings, opened on first use and kept until
 /// a statement fails in the database.
@@ -70,7 +82,9 @@ impl Held {
     }
 
     async fn open(&self) -> Result<PgConnection> {
-        Ok(self.pool.acquire().await?.detach())
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query(SETUP).execute(&mut conn).await?;
+        Ok(conn)
     }
 
     /// Closes the connection in the background (it may be broken or in the

@@ -714,5 +714,79 @@ async fn a_held_connection_whose_server_process_died_is_replaced_after_one_failu
         .await
         .expect("the next statement runs on a fresh connection");
     assert_ne!(replaced, first);
+    assert_eq!(
+        seqscan(&mut held).await,
+        "off",
+        "the replacement plans like the first"
+    );
+    app.stop().await;
+}
+
+/// `enable_seqscan` on a held connection.
+async fn seqscan(held: &mut postback::store::held::Held) -> String {
+    held.run(async |c| {
+        Ok(
+            sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+                .fetch_one(c)
+                .await?,
+        )
+    })
+    .await
+    .expect("the held connection answers")
+}
+
+/// A hot loop's generic plan must not read `deliveries` whole once the
+/// table has grown: held connections plan without sequential scans, and
+/// the completion finds its rows by primary key on a young table too
+/// (the plan `auto_explain` caught scanning it, one scan per flush).
+#[tokio::test]
+async fn held_connections_find_rows_by_key_on_a_young_table() {
+    let app = TestApp::spawn().await;
+    let mut held = postback::store::held::Held::new(app.pool.clone());
+    assert_eq!(seqscan(&mut held).await, "off");
+    // A few hundred rows, never analyzed: the size at which the cached
+    // generic plan was a hash join over a sequential scan.
+    app.exec(
+        "INSERT INTO postback.deliveries (id, kind, method, url, host, expires_at)
+         SELECT gen_random_uuid(), 'generic', 'POST', 'http://x.example/', 'x.example', now() + interval '1 day'
+         FROM generate_series(1, 300)",
+    )
+    .await;
+    let plan: Vec<String> = held
+        .run(async |c| {
+            sqlx::query("SET plan_cache_mode = force_generic_plan")
+                .execute(&mut *c)
+                .await?;
+            sqlx::query(
+                "PREPARE complete_probe(uuid[], uuid[]) AS
+                 UPDATE postback.deliveries d SET attempts = d.attempts + 1
+                 FROM unnest($1, $2) AS u(id, lease) WHERE d.id = u.id AND d.lease = u.lease",
+            )
+            .execute(&mut *c)
+            .await?;
+            let plan = sqlx::query_scalar("EXPLAIN EXECUTE complete_probe('{}', '{}')")
+                .fetch_all(&mut *c)
+                .await?;
+            sqlx::query("DEALLOCATE complete_probe")
+                .execute(&mut *c)
+                .await?;
+            sqlx::query("RESET plan_cache_mode")
+                .execute(&mut *c)
+                .await?;
+            Ok(plan)
+        })
+        .await
+        .expect("explains");
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("Seq Scan on deliveries"),
+        "a held connection scans deliveries whole:\n{plan}"
+    );
+    // The pool's other connections keep PostgreSQL's defaults.
+    let pooled: String = sqlx::query_scalar("SELECT current_setting('enable_seqscan')")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(pooled, "on");
     app.stop().await;
 }
