@@ -11,7 +11,8 @@ use crate::runtime::{Process, Role};
 pub async fn run(config: Config) -> Result<(), Failure> {
     config.validate().map_err(Failure::usage)?;
     config.validate_api().map_err(Failure::usage)?;
-    super::init_logging(config.log_format, config.log_level.as_deref());
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log = super::init_logging(config.log_format, config.log_level.as_deref());
     let shutdown = super::shutdown_on_signals();
     let process = Process::start_until(config, Role::Serve, &shutdown)
         .await

@@ -19,7 +19,8 @@ pub async fn run(config: Config) -> Result<(), Failure> {
             "POSTBACK_CONCURRENCY=0 leaves a worker with nothing to do; set it to 1 or more"
         )));
     }
-    super::init_logging(config.log_format, config.log_level.as_deref());
+    // Held to the end: dropping it writes out the lines still queued.
+    let _log = super::init_logging(config.log_format, config.log_level.as_deref());
     let shutdown = super::shutdown_on_signals();
     let process = Process::start_until(config, Role::Worker, &shutdown)
         .await
