@@ -284,7 +284,7 @@ impl Process {
         }
         #[cfg(feature = "api")]
         if let Some(listener) = self.api.take() {
-            let state = crate::api::AppState {
+            let state = crate::api::AppState::from(crate::api::Shared {
                 pool: self.pool.clone(),
                 postback: self.postback.clone().with_deferred_notify(),
                 notifier: crate::queue::Notifier::new(self.pool.clone()),
@@ -301,7 +301,7 @@ impl Process {
                 public_addresses: self.config.public_addresses(),
                 max_body: usize::try_from(self.config.max_body).unwrap_or(usize::MAX),
                 body_budget: Default::default(),
-            };
+            });
             tracing::info!(addr = %listener.local_addr()?, "API listening");
             let app = crate::api::router(state);
             let stop = shutdown.clone();
