@@ -8,33 +8,49 @@ use serde_json::{json, Value};
 
 use crate::helpers::{Receiver, TestApp};
 
-#[tokio::test]
-async fn concurrent_deliveries_are_each_stored_once_and_delivered_once() {
-    let receiver = Receiver::start().await;
-    let app = TestApp::spawn().await;
+/// POSTs every body to `/v1/deliveries` at once (they share the group
+/// commit's statements); each answer's status and JSON body, in the order
+/// of `bodies`.
+async fn post_concurrently(app: &TestApp, bodies: Vec<Value>) -> Vec<(u16, Value)> {
     let mut requests = tokio::task::JoinSet::new();
-    for i in 0..300 {
+    for (i, body) in bodies.into_iter().enumerate() {
         let http = app.http.clone();
         let url = app.url("/v1/deliveries");
-        let target = receiver.url(&format!("/n/{i}"));
         requests.spawn(async move {
             let response = http
                 .post(url)
                 .bearer_auth(crate::helpers::TOKEN)
-                .json(&json!({"url": target, "json": {"i": i}}))
+                .json(&body)
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(response.status(), 202);
-            response.json::<Value>().await.unwrap()["deliveryId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
+            let status = response.status().as_u16();
+            (
+                i,
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
         });
     }
+    let mut answers = vec![(0, Value::Null); requests.len()];
+    while let Some(answer) = requests.join_next().await {
+        let (i, status, body) = answer.unwrap();
+        answers[i] = (status, body);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_are_each_stored_once_and_delivered_once() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn().await;
+    let bodies = (0..300)
+        .map(|i| json!({"url": receiver.url(&format!("/n/{i}")), "json": {"i": i}}))
+        .collect();
     let mut ids = HashSet::new();
-    while let Some(id) = requests.join_next().await {
-        ids.insert(id.unwrap());
+    for (status, body) in post_concurrently(&app, bodies).await {
+        assert_eq!(status, 202, "{body}");
+        ids.insert(body["deliveryId"].as_str().unwrap().to_owned());
     }
     assert_eq!(ids.len(), 300);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM postback.deliveries d JOIN postback.payloads p ON p.delivery_id = d.id")
@@ -72,28 +88,18 @@ async fn a_row_the_database_refuses_fails_alone() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let mut requests = tokio::task::JoinSet::new();
-    for i in 0..40 {
-        let http = app.http.clone();
-        let url = app.url("/v1/deliveries");
-        let target = receiver.url(if i == 7 { "/poison" } else { "/fine" });
-        requests.spawn(async move {
-            let response = http
-                .post(url)
-                .bearer_auth(crate::helpers::TOKEN)
-                .json(&json!({"url": target, "json": {}}))
-                .send()
-                .await
-                .unwrap();
-            (target.contains("poison"), response.status().as_u16())
-        });
-    }
-    while let Some(outcome) = requests.join_next().await {
-        let (poisoned, status) = outcome.unwrap();
-        if poisoned {
-            assert_eq!(status, 500);
+    let bodies = (0..40)
+        .map(|i| json!({"url": receiver.url(if i == 7 { "/poison" } else { "/fine" }), "json": {}}))
+        .collect();
+    for (i, (status, body)) in post_concurrently(&app, bodies)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if i == 7 {
+            assert_eq!(status, 500, "{body}");
         } else {
-            assert_eq!(status, 202);
+            assert_eq!(status, 202, "{body}");
         }
     }
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM postback.deliveries")
@@ -196,30 +202,23 @@ async fn a_batch_of_one_is_stored_as_a_batch_of_many_would_be() {
 async fn an_unknown_customer_in_a_shared_statement_fails_alone() {
     let receiver = Receiver::start().await;
     let app = TestApp::spawn().await;
-    let mut requests = tokio::task::JoinSet::new();
-    for i in 0..60 {
-        let http = app.http.clone();
-        let url = app.url("/v1/deliveries");
-        let mut body = json!({"url": receiver.url(&format!("/n/{i}")), "json": {"i": i}});
-        if i % 20 == 7 {
-            body["customerId"] = json!("nobody");
-        }
-        requests.spawn(async move {
-            let response = http
-                .post(url)
-                .bearer_auth(crate::helpers::TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (i, status, response.json::<Value>().await.unwrap())
-        });
-    }
+    let unknown = |i: usize| i % 20 == 7;
+    let bodies = (0..60)
+        .map(|i| {
+            let mut body = json!({"url": receiver.url(&format!("/n/{i}")), "json": {"i": i}});
+            if unknown(i) {
+                body["customerId"] = json!("nobody");
+            }
+            body
+        })
+        .collect();
     let mut accepted = HashSet::new();
-    while let Some(outcome) = requests.join_next().await {
-        let (i, status, body) = outcome.unwrap();
-        if i % 20 == 7 {
+    for (i, (status, body)) in post_concurrently(&app, bodies)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        if unknown(i) {
             assert_eq!(status, 400, "request {i}: {body}");
             assert_eq!(body["error"]["code"], "unknown_customer", "{body}");
         } else {
