@@ -190,11 +190,9 @@ async fn a_batch_of_one_is_stored_as_a_batch_of_many_would_be() {
             .expect_err("an unknown customer is refused");
         assert_eq!(err.code(), postback::ErrorCode::UnknownCustomer, "{n} rows");
     }
-    let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM postback.deliveries WHERE url LIKE '%/d'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let left = app
+        .count("SELECT count(*) FROM postback.deliveries WHERE url LIKE '%/d'")
+        .await;
     assert_eq!(left, 0, "a refused batch stores nothing");
     drop(conn);
     app.stop().await;
