@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::model::Method;
 use crate::state::{DeliveryKind, DeliveryState};
 use crate::store::deliveries::NewDelivery;
+use crate::store::destinations::breaker_to_reset;
 use crate::store::Schema;
 
 /// A claimed delivery, with everything needed to attempt it.
@@ -342,7 +343,7 @@ pub async fn complete_marking<'e, E: PgExecutor<'e>>(
         .iter()
         .map(|c| c.response_snippet.as_deref())
         .collect();
-    let (n, marked): (i64, Vec<String>) = sqlx::query_as(&schema.sql(
+    let (n, marked): (i64, Vec<String>) = sqlx::query_as(&schema.sql(concat!(
         "WITH u AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
                                   $5::timestamptz[], $6::int[], $7::int[], $8::text[], $9::text[])
@@ -379,10 +380,11 @@ pub async fn complete_marking<'e, E: PgExecutor<'e>>(
              RETURNING 1)
          SELECT (SELECT count(*) FROM ins) AS n,
                 coalesce((SELECT array_agg(origin) FROM postback.destinations
-                          WHERE origin = ANY($12::text[])
-                            AND (consecutive_failures > 0 OR state = 'open')),
+                          WHERE origin = ANY($12::text[]) AND ",
+        breaker_to_reset!(),
+        "),
                          '{}'::text[]) AS marked",
-    ))
+    )))
     .bind(&ids)
     .bind(&leases)
     .bind(&states)

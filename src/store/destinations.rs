@@ -17,6 +17,17 @@ use uuid::Uuid;
 use super::Schema;
 use crate::error::Result;
 
+/// The rule for "this origin's breaker has something to reset" (failures
+/// counted, or open), as SQL on a `destinations` row: the closing read, its
+/// locked re-read, and the completion statement that reads it for the
+/// completer (`claim::complete_marking`) all use this one text.
+macro_rules! breaker_to_reset {
+    () => {
+        "(consecutive_failures > 0 OR state = 'open')"
+    };
+}
+pub(crate) use breaker_to_reset;
+
 /// A breaker as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DestinationRow {
@@ -226,10 +237,11 @@ async fn close(
     let marked: Vec<String> = match marked {
         Some(marked) => marked,
         None => {
-            sqlx::query_scalar(&schema.sql(
+            sqlx::query_scalar(&schema.sql(concat!(
                 "SELECT origin FROM postback.destinations
-                 WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')",
-            ))
+                 WHERE origin = ANY($1::text[]) AND ",
+                breaker_to_reset!()
+            )))
             .bind(origins)
             .fetch_all(&mut *conn)
             .await?
@@ -241,10 +253,12 @@ async fn close(
     let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
     // The row locks are taken in origin order, as the failure count takes
     // them, so two processes closing and counting never deadlock.
-    let closed: Vec<String> = sqlx::query_scalar(&schema.sql(
+    let closed: Vec<String> = sqlx::query_scalar(&schema.sql(concat!(
         "WITH old AS (
              SELECT origin, state FROM postback.destinations
-             WHERE origin = ANY($1::text[]) AND (consecutive_failures > 0 OR state = 'open')
+             WHERE origin = ANY($1::text[]) AND ",
+        breaker_to_reset!(),
+        "
              ORDER BY origin
              FOR UPDATE),
          upd AS (
@@ -254,7 +268,7 @@ async fn close(
              FROM old WHERE b.origin = old.origin
              RETURNING b.origin)
          SELECT old.origin FROM old JOIN upd ON upd.origin = old.origin WHERE old.state = 'open'",
-    ))
+    )))
     .bind(&marked)
     .fetch_all(&mut *tx)
     .await?;
